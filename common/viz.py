@@ -1,0 +1,153 @@
+"""Pictures people would rather look at than read: slice overlays, case-day montages, training curves.
+
+Pure functions over arrays that write PNG files (matplotlib, Agg backend); no model code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+#: One colour per class, in CLASSES order (large bowel, small bowel, stomach).
+CLASS_COLORS: tuple[tuple[float, float, float], ...] = ((1.0, 0.85, 0.1), (0.1, 0.9, 0.3), (0.95, 0.2, 0.2))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """A 16-bit (or any) grayscale slice ``(H, W)`` scaled to float32 in [0, 1] by its 99.5th percentile."""
+    img = np.asarray(image, dtype=np.float32)
+    hi = float(np.percentile(img, 99.5)) if img.size else 0.0
+    return np.clip(img / hi, 0.0, 1.0) if hi > 0 else np.zeros_like(img)
+
+
+def blend(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Colour ``masks`` over a grayscale ``image``.
+
+    Args:
+        image: ``(H, W)`` grayscale, any dtype.
+        masks: ``(3, H, W)`` binary, channels in CLASSES order (overlaps mix their colours).
+        alpha: opacity of the colours.
+
+    Returns:
+        float32 RGB ``(H, W, 3)`` in [0, 1].
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    gray = to_display(image)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    for c, color in enumerate(CLASS_COLORS[: masks.shape[0]]):
+        m = masks[c].astype(bool)
+        rgb[m] = (1 - alpha) * rgb[m] + alpha * np.asarray(color, dtype=np.float32)
+    return rgb
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def save_overlay(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    truth: np.ndarray | None,
+    pred: np.ndarray | None,
+    title: str = "",
+) -> Path:
+    """Write one slice as a PNG: the image, the truth over it, the prediction over it.
+
+    Args:
+        path: PNG to write (atomically).
+        image: ``(H, W)`` grayscale.
+        truth: ``(3, H, W)`` binary or None.
+        pred: ``(3, H, W)`` binary or None.
+        title: figure title (e.g. the slice id).
+    """
+    plt = _plt()
+    panels = [("image", to_display(image))]
+    if truth is not None:
+        panels.append(("truth", blend(image, truth)))
+    if pred is not None:
+        panels.append(("prediction", blend(image, pred)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (name, arr) in zip(axes[0], panels):
+        ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def save_montage(
+    path: str | os.PathLike,
+    volume: np.ndarray,
+    masks: np.ndarray,
+    every: int | None = None,
+    cols: int = 8,
+    title: str = "",
+) -> Path:
+    """Write a montage of a case-day: every ``every``-th slice with its masks coloured.
+
+    Args:
+        path: PNG to write.
+        volume: ``(D, H, W)`` grayscale.
+        masks: ``(D, 3, H, W)`` binary.
+        every: slice step; default so that about 24 slices are shown.
+        cols: tiles per row.
+        title: figure title.
+    """
+    plt = _plt()
+    depth = volume.shape[0]
+    every = every or max(1, depth // 24)
+    zs = list(range(0, depth, every))
+    rows = (len(zs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, z in zip(axes.ravel(), zs):
+        ax.imshow(blend(volume[z], masks[z]))
+        ax.set_title(f"z={z}", fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def save_curves(
+    path: str | os.PathLike, steps: Sequence[float], series: dict[str, Sequence[float]], title: str = ""
+) -> Path:
+    """Write training curves (one line per series, against ``steps``) as a PNG."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in series.items():
+        n = min(len(steps), len(values))
+        ax.plot(list(steps)[:n], list(values)[:n], label=name)
+    ax.set_xlabel("iteration")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
