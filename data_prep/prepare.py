@@ -1,0 +1,354 @@
+"""Prepare a WORK folder from a Kaggle-style data root: volumes, masks, manifest and splits.
+
+Each case-day is read once (its PNGs in slice order) into a uint16 volume ``(D, H, W)`` and, with labels, a
+uint8 bit-field mask ``(D, H, W)`` (see :mod:`data_prep.volumes`); both are written atomically as ``.npy`` so
+that loaders memory-map them. Only one case-day per worker is in memory at a time. 2.5D stacks are built at
+load time (:func:`data_prep.volumes.stack_25d`); the ``stride`` and ``channels`` recorded in ``prepare.json``
+are the defaults for loaders.
+
+Re-running with the same arguments does nothing; other arguments on an existing WORK raise unless
+``overwrite=True`` (which clears what ``prepare`` made there and starts again). ``prepare.json`` is written
+first with ``"status": "running"`` and rewritten with ``"status": "done"`` at the end, so a run that was killed
+is resumed by running it again: finished case-days whose files verify are kept, the rest is redone, and the
+result is byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_prep.constants import (
+    CLASSES,
+    DEFAULT_CHANNELS,
+    DEFAULT_FAULTY_CASE_DAYS,
+    DEFAULT_FOLDS,
+    DEFAULT_SEED,
+    DEFAULT_STRIDE,
+    DEFAULT_TAIL,
+    NUM_CLASSES,
+)
+from data_prep.rle import rle_runs
+from data_prep.volumes import (
+    MASKS_DIR,
+    VOLUMES_DIR,
+    atomic_save_npy,
+    atomic_write_text,
+    mask_path,
+    stack_indices,
+    unpack_mask,
+    volume_path,
+)
+
+logger = logging.getLogger(__name__)
+
+PREPARE_VERSION = 1
+PREPARE_JSON = "prepare.json"
+MANIFEST_CSV = "manifest.csv"
+#: What ``prepare`` makes in WORK (cleared by ``overwrite``); nothing else there is touched.
+OWNED = (PREPARE_JSON, MANIFEST_CSV, VOLUMES_DIR, MASKS_DIR, "splits", "exports")
+
+
+def read_prepare_json(work: str | os.PathLike) -> dict[str, Any] | None:
+    """``WORK/prepare.json`` as a dict, or None when absent."""
+    path = Path(work) / PREPARE_JSON
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); pass --overwrite to prepare this WORK again") from None
+
+
+def read_manifest(work: str | os.PathLike) -> pd.DataFrame:
+    """``WORK/manifest.csv`` (see docs/contracts.md), one row per slice in manifest order.
+
+    Raises:
+        FileNotFoundError: not prepared yet, or the preparation did not finish.
+    """
+    work = Path(work)
+    path = work / MANIFEST_CSV
+    state = read_prepare_json(work)
+    if not path.is_file() or state is None or state.get("status") != "done":
+        raise FileNotFoundError(
+            f"{path} not found or its preparation did not finish; run "
+            f"`python -m data_prep prepare --data-root DIR --out {work}` (again, to resume)"
+        )
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def _clear(work: Path) -> None:
+    for name in OWNED:
+        p = work / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _remove_tmp(work: Path) -> None:
+    for sub in (VOLUMES_DIR, MASKS_DIR):
+        d = work / sub
+        if d.is_dir():
+            for p in d.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+
+
+def _npy_ok(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """True when ``path`` is a complete ``.npy`` of ``shape`` and ``dtype``."""
+    if not path.is_file():
+        return False
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError):
+        return False
+    return arr.shape == shape and arr.dtype == dtype
+
+
+def _areas_from_mask(packed: np.ndarray) -> np.ndarray:
+    """int64 ``(D, C)``: pixels per slice and class of a bit-field mask ``(D, H, W)``."""
+    rows = [unpack_mask(packed[z]).reshape(NUM_CLASSES, -1).sum(axis=1, dtype=np.int64) for z in range(len(packed))]
+    return np.stack(rows).astype(np.int64)
+
+
+def _run_pixels(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Flat indices of every pixel of the runs ``(starts, lengths)`` (0-indexed starts), without a Python loop."""
+    total = int(lengths.sum())
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + offsets
+
+
+def _prepare_case_day(task: dict[str, Any]) -> tuple[str, np.ndarray | None]:
+    """Read one case-day's scans and labels, write its volume (and mask). Runs in a worker process.
+
+    Returns:
+        ``(case_day, areas)`` with areas int64 ``(D, C)`` (None without labels).
+    """
+    from data_prep.layout import read_scan  # noqa: PLC0415 - imported in the worker
+
+    work, cd, h, w = Path(task["work"]), task["case_day"], task["height"], task["width"]
+    paths: list[str] = task["paths"]
+    volume = np.empty((len(paths), h, w), dtype=np.uint16)
+    for z, p in enumerate(paths):
+        volume[z] = read_scan(p, expected_hw=(h, w))
+    atomic_save_npy(volume_path(work, cd), volume)
+    del volume
+    rles = task.get("rles")
+    if rles is None:
+        return cd, None
+    packed = np.zeros((len(paths), h * w), dtype=np.uint8)
+    areas = np.zeros((len(paths), NUM_CLASSES), dtype=np.int64)
+    for z, (sid, row) in enumerate(zip(task["ids"], rles)):
+        for c, rle in enumerate(row):
+            if rle:
+                starts, lengths = rle_runs(rle, h * w, row_id=f"{sid}/{CLASSES[c]}")
+                packed[z, _run_pixels(starts, lengths)] |= np.uint8(1 << c)
+                areas[z, c] = int(lengths.sum())
+    atomic_save_npy(mask_path(work, cd), packed.reshape(len(paths), h, w))
+    return cd, areas
+
+
+def _args_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+
+
+def prepare(
+    data_root: str | os.PathLike,
+    out: str | os.PathLike,
+    stride: int = DEFAULT_STRIDE,
+    channels: int = DEFAULT_CHANNELS,
+    workers: int = 1,
+    overwrite: bool = False,
+    strict: bool = False,
+    progress: bool = False,
+    split: str = "train",
+    n_folds: int = DEFAULT_FOLDS,
+    seed: int = DEFAULT_SEED,
+    split_method: str = "group",
+    tail: int = DEFAULT_TAIL,
+    tail_before: int = 0,
+    faulty_case_days: Sequence[str] = DEFAULT_FAULTY_CASE_DAYS,
+) -> dict[str, Any]:
+    """Prepare ``out`` (WORK) from the ``{split}/`` tree of ``data_root``.
+
+    Writes ``prepare.json``, ``volumes/{case_day}.npy`` (uint16 ``(D, H, W)``), ``masks/{case_day}.npy`` (uint8
+    bit field ``(D, H, W)``, when ``data_root/train.csv`` exists and ``split == "train"``), ``manifest.csv``
+    and, with labels, the splits (:func:`data_prep.splits.write_splits`). See docs/contracts.md.
+
+    Args:
+        data_root: Kaggle-style data root (``train/``, ``train.csv``; or ``test/``).
+        out: the WORK folder (created).
+        stride: default 2.5D stride for loaders (recorded, nothing is stored per stride).
+        channels: default 2.5D channel count (odd).
+        workers: processes reading case-days in parallel (1: in this process).
+        overwrite: clear what an earlier ``prepare`` made in ``out`` when its arguments differ (or always).
+        strict: label/scan mismatches and slice gaps are errors, not warnings.
+        progress: show a tqdm bar over case-days.
+        split: ``"train"`` or ``"test"``.
+        n_folds, seed, split_method, tail, tail_before, faulty_case_days: split options
+            (:func:`data_prep.splits.make_splits`); used only with labels.
+
+    Returns:
+        The content of ``prepare.json``: ``{"version", "status", "args", "n_case_days", "n_slices", "labels"}``.
+
+    Raises:
+        FileExistsError: ``out`` holds a preparation with other arguments (or unknown outputs) and not
+            ``overwrite``.
+        FileNotFoundError, ValueError: bad data root (see :func:`data_prep.layout.read_layout`), bad arguments.
+    """
+    from data_prep.layout import read_layout  # noqa: PLC0415 - keeps `import data_prep.prepare` light
+    from data_prep.splits import _normalise_method, write_splits  # noqa: PLC0415
+
+    stack_indices(0, 1, stride, channels)  # validates stride and channels
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(data_root).resolve()
+    work = Path(out).resolve()
+    labels = root / "train.csv" if split == "train" and (root / "train.csv").is_file() else None
+    args: dict[str, Any] = {
+        "data_root": str(root),
+        "split": split,
+        "labels": str(labels) if labels else None,
+        "stride": int(stride),
+        "channels": int(channels),
+    }
+    if labels is not None:
+        args["splits"] = {
+            "n_folds": int(n_folds),
+            "seed": int(seed),
+            "method": _normalise_method(split_method),
+            "tail": int(tail),
+            "tail_before": int(tail_before),
+            "faulty_case_days": sorted(set(faulty_case_days)),
+        }
+
+    state = read_prepare_json(work)
+    if state is not None:
+        if overwrite:
+            logger.info("overwrite: clearing the earlier preparation in %s", work)
+            _clear(work)
+        elif state.get("args") != args or state.get("version") != PREPARE_VERSION:
+            raise FileExistsError(
+                f"{work} was prepared with other arguments ({_args_diff(state.get('args', {}), args)}); "
+                "pass --overwrite (overwrite=True) to prepare it again, or choose another --out"
+            )
+        elif state.get("status") == "done":
+            logger.info("%s is up to date (same arguments); nothing to do", work)
+            return state
+        else:
+            logger.info("resuming the unfinished preparation in %s", work)
+    else:
+        found = [n for n in OWNED if (work / n).exists()]
+        if found:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{work} holds {found} but no {PREPARE_JSON}; pass --overwrite to replace them, "
+                    "or choose another --out"
+                )
+            _clear(work)
+
+    work.mkdir(parents=True, exist_ok=True)
+    base = {"version": PREPARE_VERSION, "args": args}
+    atomic_write_text(work / PREPARE_JSON, json.dumps({**base, "status": "running"}, indent=2) + "\n")
+    _remove_tmp(work)
+
+    manifest = read_layout(root, split=split, labels=labels, strict=strict)
+    has_labels = labels is not None
+    groups = manifest.groupby("case_day", sort=False)
+    tasks: list[dict[str, Any]] = []
+    areas: dict[str, np.ndarray | None] = {}
+    for cd, g in groups:
+        sizes = g[["height", "width"]].drop_duplicates()
+        if len(sizes) != 1:
+            raise ValueError(
+                f"case-day {cd} mixes image sizes {sizes.to_numpy().tolist()} (H, W) in {root / split}; "
+                "a case-day must have one size to stack into a volume"
+            )
+        h, w = int(sizes.iloc[0, 0]), int(sizes.iloc[0, 1])
+        d = len(g)
+        vol_ok = _npy_ok(volume_path(work, cd), (d, h, w), np.dtype(np.uint16))
+        mask_ok = not has_labels or _npy_ok(mask_path(work, cd), (d, h, w), np.dtype(np.uint8))
+        if vol_ok and mask_ok:
+            areas[cd] = _areas_from_mask(np.load(mask_path(work, cd), mmap_mode="r")) if has_labels else None
+            continue
+        task: dict[str, Any] = {"work": str(work), "case_day": cd, "height": h, "width": w}
+        task["paths"] = g["path"].tolist()
+        task["ids"] = g["id"].tolist()
+        task["rles"] = g[list(CLASSES)].to_numpy().tolist() if has_labels else None
+        tasks.append(task)
+    if areas:
+        logger.info("%d case-day(s) already prepared and verified; %d to do", len(areas), len(tasks))
+
+    bar = None
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=len(tasks), desc="prepare", unit="case-day")
+    try:
+        if workers == 1 or len(tasks) <= 1:
+            for t in tasks:
+                cd, a = _prepare_case_day(t)
+                areas[cd] = a
+                if bar is not None:
+                    bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for cd, a in pool.map(_prepare_case_day, tasks, chunksize=1):
+                    areas[cd] = a
+                    if bar is not None:
+                        bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+
+    cols = [c for c in manifest.columns if c not in CLASSES]
+    table = manifest[cols].copy()
+    table["z"] = groups.cumcount().to_numpy()
+    table["depth"] = groups["id"].transform("size").to_numpy()
+    if has_labels:
+        per_slice = np.concatenate([areas[cd] for cd in groups.groups]).astype(np.int64)  # groups in manifest order
+        order = np.concatenate([groups.indices[cd] for cd in groups.groups])
+        area = np.empty_like(per_slice)
+        area[order] = per_slice
+        for c, name in enumerate(CLASSES):
+            table[f"has_{name}"] = (area[:, c] > 0).astype(np.int64)
+        for c, name in enumerate(CLASSES):
+            table[f"area_{name}"] = area[:, c]
+    atomic_write_text(work / MANIFEST_CSV, table.to_csv(index=False, lineterminator="\n"))
+
+    if has_labels:
+        s = args["splits"]
+        write_splits(
+            work,
+            table,
+            n_folds=s["n_folds"],
+            seed=s["seed"],
+            method=s["method"],
+            tail=s["tail"],
+            tail_before=s["tail_before"],
+            faulty_case_days=s["faulty_case_days"],
+            overwrite=overwrite,
+        )
+    state = {
+        **base,
+        "status": "done",
+        "n_case_days": int(manifest["case_day"].nunique()),
+        "n_slices": len(manifest),
+        "labels": has_labels,
+    }
+    atomic_write_text(work / PREPARE_JSON, json.dumps(state, indent=2) + "\n")
+    logger.info("prepared %d slices, %d case-days in %s", state["n_slices"], state["n_case_days"], work)
+    return state

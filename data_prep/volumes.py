@@ -1,0 +1,186 @@
+"""Case-day volumes and masks of a WORK folder, and the 2.5D stacks built from them at load time.
+
+A WORK folder holds one uint16 volume ``(D, H, W)`` per case-day (``WORK/volumes/{case_day}.npy``) and, with
+labels, one uint8 bit-field mask ``(D, H, W)`` (``WORK/masks/{case_day}.npy``): bit ``c`` is set where class
+``CLASSES[c]`` is present. Both are plain ``.npy`` files opened memory-mapped, so a loader touches only the
+slices it reads. 2.5D inputs are never stored: :func:`stack_25d` gathers the channels ``[z - s*k, ..., z, ...,
+z + s*k]`` (clamped at the volume ends) from the volume.
+
+>>> stack_indices(0, 10, stride=2, channels=3).tolist()
+[0, 0, 2]
+>>> m = np.zeros((3, 2, 2), np.uint8); m[0, 0, 0] = 1; m[2, 0, 0] = 1; m[1, 1, 1] = 1
+>>> pack_mask(m).tolist()
+[[5, 0], [0, 2]]
+>>> bool((unpack_mask(pack_mask(m)) == m).all())
+True
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.constants import CLASSES, NUM_CLASSES
+
+VOLUMES_DIR = "volumes"
+MASKS_DIR = "masks"
+
+
+def stack_indices(z: int, depth: int, stride: int = 2, channels: int = 3) -> np.ndarray:
+    """Slice indices of the 2.5D stack centred on slice ``z``, clamped to ``[0, depth - 1]``.
+
+    Args:
+        z: centre slice, ``0 <= z < depth``.
+        depth: number of slices of the volume.
+        stride: step ``s`` between channels (>= 1).
+        channels: number of channels ``2k + 1`` (odd, >= 1).
+
+    Returns:
+        int64 array of shape ``(channels,)``: ``clip([z - s*k, ..., z, ..., z + s*k], 0, depth - 1)``.
+
+    >>> stack_indices(9, 10, stride=1, channels=5).tolist()
+    [7, 8, 9, 9, 9]
+    """
+    if channels < 1 or channels % 2 == 0:
+        raise ValueError(f"channels must be odd and >= 1, got {channels}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    if not 0 <= z < depth:
+        raise ValueError(f"z must be in [0, {depth - 1}] for a volume of {depth} slices, got {z}")
+    k = channels // 2
+    idx = z + stride * np.arange(-k, k + 1, dtype=np.int64)
+    return np.clip(idx, 0, depth - 1)
+
+
+def stack_25d(volume: np.ndarray, z: int, stride: int = 2, channels: int = 3) -> np.ndarray:
+    """The 2.5D input of slice ``z``: the slices :func:`stack_indices` names, stacked as channels.
+
+    Args:
+        volume: ``(D, H, W)`` array (any dtype, e.g. the uint16 memmap of :func:`load_volume`).
+        z: centre slice.
+        stride: step between channels.
+        channels: number of channels (odd).
+
+    Returns:
+        ``(channels, H, W)`` array, same dtype as ``volume`` (a copy; the memmap is not kept).
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be (D, H, W), got shape {volume.shape}")
+    return np.ascontiguousarray(volume[stack_indices(z, volume.shape[0], stride, channels)])
+
+
+def pack_mask(masks: np.ndarray) -> np.ndarray:
+    """Pack binary class masks into a bit field.
+
+    Args:
+        masks: ``(..., C, H, W)`` with ``C == len(CLASSES)``; any non-zero value is foreground.
+
+    Returns:
+        uint8 ``(..., H, W)``: bit ``c`` set where ``masks[..., c, :, :]`` is non-zero.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim < 3 or masks.shape[-3] != NUM_CLASSES:
+        raise ValueError(f"masks must be (..., {NUM_CLASSES}, H, W) in the order {CLASSES}, got shape {masks.shape}")
+    out = np.zeros(masks.shape[:-3] + masks.shape[-2:], dtype=np.uint8)
+    for c in range(NUM_CLASSES):
+        out |= (masks[..., c, :, :] != 0).astype(np.uint8) << np.uint8(c)
+    return out
+
+
+def unpack_mask(packed: np.ndarray) -> np.ndarray:
+    """Unpack a bit field into binary class masks.
+
+    Args:
+        packed: uint8 ``(..., H, W)`` bit field (e.g. a slice or the whole memmap of :func:`load_mask`).
+
+    Returns:
+        uint8 ``(..., C, H, W)`` with values 0/1, channels in the order of ``CLASSES``.
+    """
+    packed = np.asarray(packed)
+    if packed.ndim < 2:
+        raise ValueError(f"packed mask must be (..., H, W), got shape {packed.shape}")
+    bits = np.arange(NUM_CLASSES, dtype=np.uint8).reshape((NUM_CLASSES, 1, 1))
+    return (packed[..., None, :, :] >> bits) & np.uint8(1)
+
+
+def volume_path(work: str | os.PathLike, case_day: str) -> Path:
+    """``WORK/volumes/{case_day}.npy``."""
+    return Path(work) / VOLUMES_DIR / f"{case_day}.npy"
+
+
+def mask_path(work: str | os.PathLike, case_day: str) -> Path:
+    """``WORK/masks/{case_day}.npy``."""
+    return Path(work) / MASKS_DIR / f"{case_day}.npy"
+
+
+def _open(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} not found: {path}. Run `python -m data_prep prepare --data-root DIR --out {path.parent.parent}` "
+            "first (masks exist only when the data root has train.csv)."
+        )
+    return np.load(path, mmap_mode="r")
+
+
+def load_volume(work: str | os.PathLike, case_day: str) -> np.ndarray:
+    """The uint16 ``(D, H, W)`` volume of a case-day, memory-mapped read-only (z in manifest order)."""
+    return _open(volume_path(work, case_day), "volume")
+
+
+def load_mask(work: str | os.PathLike, case_day: str) -> np.ndarray:
+    """The uint8 ``(D, H, W)`` bit-field mask of a case-day, memory-mapped read-only; see :func:`unpack_mask`."""
+    return _open(mask_path(work, case_day), "mask")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` to a temporary file in the same folder, then rename over ``path``.
+
+    A process killed mid-write leaves at most a hidden ``.tmp`` file, never a truncated ``.npy``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale a scan to 8 bits by its own maximum: ``round(255 * image / max(image))`` (zeros stay zeros).
+
+    The rule used for the YOLO export's PNGs; a detector must see images made the same way at inference.
+
+    Args:
+        image: ``(..., H, W)`` array (uint16 or float); scaled as one block.
+
+    Returns:
+        uint8 array of the same shape.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    peak = float(image.max()) if image.size else 0.0
+    if peak <= 0:
+        return np.zeros(image.shape, dtype=np.uint8)
+    return np.clip(np.rint(image * (255.0 / peak)), 0, 255).astype(np.uint8)

@@ -1,0 +1,121 @@
+"""Command line of the ensembles stage.
+
+python -m ensembles score --truth train.csv --pred submission.csv --data-root DIR [--split train|test]
+    [--empty one|skip] [--hausdorff per_class|union] [--workers N] [--out score.json]
+python -m ensembles search --oof [NAME=]DIR [...] --truth train.csv --spec SPEC --out tuned.yaml
+    [--data-root DIR | --manifest CSV] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ensembles.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, EMPTY_CONVENTIONS, HAUSDORFF_VARIANTS
+
+
+def _metric_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--empty",
+        choices=EMPTY_CONVENTIONS,
+        default=DEFAULT_EMPTY,
+        help=f"both-empty convention (default {DEFAULT_EMPTY}: Dice 1 / distance 0; skip: left out)",
+    )
+    p.add_argument(
+        "--hausdorff",
+        choices=HAUSDORFF_VARIANTS,
+        default=DEFAULT_HAUSDORFF,
+        help=f"3D Hausdorff per class or on the classes OR-ed (default {DEFAULT_HAUSDORFF})",
+    )
+    p.add_argument("--workers", type=int, default=0, help="processes (0: this one)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m ensembles", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("-q", "--quiet", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("score", help="score a submission against labels")
+    s.add_argument("--truth", required=True, help="labels (id,class,segmentation), e.g. train.csv or test_truth.csv")
+    s.add_argument("--pred", required=True, help="submission (id,class,predicted)")
+    s.add_argument("--data-root", default=None, help="scan tree root: image sizes and slice order")
+    s.add_argument("--split", default="train", help="sub-folder of --data-root (train or test)")
+    s.add_argument("--manifest", default=None, help="instead of --data-root: a CSV with id,width,height")
+    s.add_argument("--out", default=None, help="JSON to write (a Markdown table goes beside it, .md)")
+    s.add_argument("--per-case-day", type=int, default=20, help="case-day rows to print (all go to --out)")
+    _metric_args(s)
+    r = sub.add_parser("search", help="search weights, thresholds and post-processing on OOF predictions")
+    r.add_argument("--oof", nargs="+", required=True, help="probability folders, NAME=DIR or DIR (matched by config)")
+    r.add_argument("--truth", required=True, help="labels (train.csv)")
+    r.add_argument("--spec", required=True, help="the ensemble spec to start from")
+    r.add_argument("--out", required=True, help="tuned spec YAML (report: {stem}_report.md/.csv)")
+    r.add_argument("--data-root", default=None, help="scan tree (image sizes); default: from the .npy shapes")
+    r.add_argument("--split", default="train")
+    r.add_argument("--manifest", default=None, help="instead of --data-root: a CSV with id,width,height")
+    r.add_argument("--overwrite", action="store_true")
+    _metric_args(r)
+    return ap
+
+
+def _score(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ensembles.scoring import score_files, write_report
+
+    res = score_files(
+        a.truth,
+        a.pred,
+        a.data_root,
+        a.split,
+        a.manifest,
+        a.empty,
+        a.hausdorff,
+        a.workers,
+        progress=lambda it, total: tqdm(it, total=total, desc="case-days", disable=a.quiet),
+    )
+    print(
+        f"score {res.score:.5f}  dice {res.dice:.5f}  1-hausdorff {res.hausdorff:.5f}  "
+        f"(empty={res.empty}, hausdorff={res.hausdorff_variant})"
+    )
+    print(res.per_class.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
+    pcd = res.per_case_day
+    print(pcd.head(a.per_case_day).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if len(pcd) > a.per_case_day:
+        print(f"... {len(pcd) - a.per_case_day} more case-days" + (f" in {a.out}" if a.out else ""))
+    if a.out:
+        js, md = write_report(res, a.out)
+        print(f"wrote {js} and {md}")
+    return 0
+
+
+def _search(a: argparse.Namespace) -> int:
+    from ensembles.scoring import manifest_for
+    from ensembles.search import run_search
+    from ensembles.spec import load_spec
+
+    spec = load_spec(a.spec)
+    manifest = manifest_for(a.data_root, a.split, a.manifest) if (a.data_root or a.manifest) else None
+    tuned, before, after = run_search(
+        spec, a.oof, a.truth, a.out, manifest, a.empty, a.hausdorff, a.workers, a.overwrite, log=print
+    )
+    print(f"score {before.score:.5f} -> {after.score:.5f}; wrote {a.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if a.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return _score(a) if a.cmd == "score" else _search(a)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

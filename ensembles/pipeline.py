@@ -1,0 +1,385 @@
+"""Inference from a test tree to ``submission.csv``: crop -> gate -> 2.5D segmenters on kept slices -> 3D ->
+fuse -> post-process -> RLE -> CSV, streaming one case-day at a time (memory bounded by one case-day).
+
+This module sits above every stage (it imports gating and segmenters lazily, when a spec uses them).
+``tools/infer.py`` is its command line.
+
+Model loading goes through :data:`LOADERS` (``kind -> (spec_model, checkpoint, device) -> predictor``), so the
+pipeline is testable with any object that has the contract's ``predict_volume`` / ``predict_boxes``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_prep.constants import CLASSES
+from ensembles import core
+from ensembles.io import atomic_write_text, check_probs, write_prob_dir
+from ensembles.spec import ModelSpec, Spec
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# model loading
+
+
+def _load_25d(m: ModelSpec, checkpoint: Path, device: str) -> Any:
+    from segmenters.inference import Segmenter
+
+    return Segmenter.load(str(m.config), str(checkpoint), device)
+
+
+def _load_3d(m: ModelSpec, checkpoint: Path, device: str) -> Any:
+    from segmenters.infer_3d import Segmenter3D
+
+    return Segmenter3D.load(str(m.config), str(checkpoint), device)
+
+
+def _load_classifier(m: ModelSpec, checkpoint: Path, device: str) -> Any:
+    from gating.classifier import SliceClassifier
+
+    return SliceClassifier.load(str(checkpoint), device)
+
+
+def _load_detector(m: ModelSpec, checkpoint: Path, device: str) -> Any:
+    from gating.crop import Detector
+
+    return Detector.load(str(checkpoint), device, **m.options)
+
+
+#: kind -> loader(model spec, checkpoint, device) -> predictor object.
+LOADERS: dict[str, Callable[[ModelSpec, Path, str], Any]] = {
+    "2.5d": _load_25d,
+    "3d": _load_3d,
+    "classifier": _load_classifier,
+    "detector": _load_detector,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A spec model with one loaded predictor per fold checkpoint."""
+
+    spec: ModelSpec
+    folds: list[tuple[Path, Any]]
+
+
+def load_models(spec: Spec, device: str = "cpu", loaders: dict[str, Callable] | None = None) -> list[LoadedModel]:
+    """Check every file, then load every model of ``spec`` (one predictor per checkpoint), in spec order."""
+    spec.check_files()
+    loaders = {**LOADERS, **(loaders or {})}
+    out = []
+    for m in spec.models:
+        preds = []
+        for ck in m.checkpoints:
+            logger.info("loading %s (%s) from %s", m.name, m.kind, ck)
+            preds.append((ck, loaders[m.kind](m, ck, device)))
+        out.append(LoadedModel(m, preds))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one case-day
+
+
+def _checked(arr: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    a = np.asarray(arr, dtype=np.float32)
+    if a.shape != shape:
+        raise ValueError(f"{where}: returned shape {a.shape}, expected {shape}")
+    check_probs(a, where)
+    return a
+
+
+def _model_mean(lm: LoadedModel, call: Callable[[Any], Any], shape: tuple[int, ...], case_day: str) -> np.ndarray:
+    """Mean over the folds of one model (each output checked for shape and NaN, naming the checkpoint); a running
+    mean, so memory holds two maps whatever the number of folds."""
+    acc = core.WeightedMean()
+    for ck, p in lm.folds:
+        where = f"model {lm.spec.name!r} ({ck}) on {case_day}"
+        acc.add(_checked(call(p), shape, where), 1.0, where)
+    return acc.result()
+
+
+def _group_mean(
+    models: Sequence[LoadedModel], call: Callable[[LoadedModel, Any], Any], shape: tuple[int, ...], case_day: str
+) -> np.ndarray:
+    """Weighted mean over models (weights normalised) of their fold means, accumulated model by model."""
+    core.normalise_weights(
+        [lm.spec.weight for lm in models], len(models), "weights of " + ", ".join(lm.spec.name for lm in models)
+    )
+    acc = core.WeightedMean()
+    for lm in models:
+        acc.add(_model_mean(lm, lambda p, lm=lm: call(lm, p), shape, case_day), lm.spec.weight, lm.spec.name)
+    return acc.result()
+
+
+@dataclass
+class CaseDayResult:
+    """What :func:`predict_case_day` returns."""
+
+    probs: np.ndarray  # float32 (D, C, H, W), fused and gated
+    keep: np.ndarray  # bool (D, C)
+    masks: np.ndarray  # bool (D, C, H, W)
+    boxes: np.ndarray | None  # int (D, 4)
+
+
+def predict_case_day(
+    spec: Spec,
+    models: Sequence[LoadedModel],
+    volume: np.ndarray,
+    spacing: tuple[float, float] | None = None,
+    batch_size: int | None = None,
+    case_day: str = "",
+) -> CaseDayResult:
+    """Run the whole ensemble on one case-day.
+
+    Args:
+        spec: the validated spec.
+        models: :func:`load_models` output for ``spec``.
+        volume: uint16 ``(D, H, W)``, z in manifest order.
+        spacing: ``(sy, sx)`` mm (for 3D models that resample).
+        batch_size: slices per forward pass (default: the spec's).
+        case_day: named in errors and logs.
+
+    Returns:
+        A :class:`CaseDayResult`.
+    """
+    bs = batch_size or spec.batch_size
+    d, h, w = volume.shape
+    c = len(CLASSES)
+    shape = (d, c, h, w)
+    by = {lm.spec.name: lm for lm in models}
+
+    # crop boxes: the union of the folds' boxes
+    boxes = None
+    for lm in models:
+        if lm.spec.kind == "detector":
+            for _, det in lm.folds:
+                b = np.asarray(det.predict_boxes(volume, bs, case_day=case_day), dtype=np.int64)
+                if b.shape != (d, 4):
+                    raise ValueError(
+                        f"detector {lm.spec.name!r} on {case_day}: boxes of shape {b.shape}, expected ({d}, 4)"
+                    )
+                boxes = (
+                    b
+                    if boxes is None
+                    else np.concatenate(
+                        [np.minimum(boxes[:, :2], b[:, :2]), np.maximum(boxes[:, 2:], b[:, 2:])], axis=1
+                    )
+                )
+
+    # gate
+    g = spec.gate
+    if g["method"] == "classifier":
+        presence = _group_mean(
+            [by[m.name] for m in spec.by_kind("classifier")],
+            lambda lm, p: p.predict_volume(volume, bs),
+            (d, c),
+            case_day,
+        )
+        from gating.gate import gate_decisions
+
+        keep = gate_decisions(presence, g["thresholds"], g["smooth"], g["min_consecutive"])
+    elif g["method"] == "unet_count":
+        gate_probs = _group_mean(
+            [by[m.name] for m in spec.by_kind("2.5d", role="gate")],
+            lambda lm, p: p.predict_volume(volume, keep=None, boxes=boxes, tta=tuple(lm.spec.tta), batch_size=bs),
+            shape,
+            case_day,
+        )
+        from gating.gate import presence_from_masks
+
+        keep = presence_from_masks(gate_probs, g["pixel_thr"], g["min_pixels"])
+        del gate_probs
+    else:
+        keep = np.ones((d, c), dtype=bool)
+    keep = np.asarray(keep, dtype=bool)
+    slice_keep = keep.any(axis=1)
+
+    groups: list[np.ndarray] = []
+    group_w: list[float] = []
+    seg2 = [by[m.name] for m in spec.by_kind("2.5d", role="segment")]
+    if seg2 and spec.fusion["weight_2d"] > 0:
+        if slice_keep.any():
+            groups.append(
+                _group_mean(
+                    seg2,
+                    lambda lm, p: p.predict_volume(
+                        volume, keep=slice_keep, boxes=boxes, tta=tuple(lm.spec.tta), batch_size=bs
+                    ),
+                    shape,
+                    case_day,
+                )
+            )
+        else:
+            groups.append(np.zeros(shape, np.float32))
+        group_w.append(spec.fusion["weight_2d"])
+    seg3 = [by[m.name] for m in spec.by_kind("3d")]
+    if seg3 and spec.fusion["weight_3d"] > 0:
+        groups.append(
+            _group_mean(seg3, lambda lm, p: p.predict_volume(volume, spacing, tta=tuple(lm.spec.tta)), shape, case_day)
+        )
+        group_w.append(spec.fusion["weight_3d"])
+    probs = core.fuse(groups, group_w, names=["2.5d", "3d"][: len(groups)]) if len(groups) > 1 else groups[0]
+    probs = core.apply_keep(probs, keep)
+    p = spec.post
+    masks = core.postprocess(probs, spec.thresholds, p["max_prob_floor"], p["min_component"], p["component_mode"])
+    return CaseDayResult(probs, keep, masks, boxes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the test tree
+
+
+def check_tree(manifest: pd.DataFrame, tree: Path) -> None:
+    """Refuse a tree with slices missing inside a case-day (naming the folder and the slice numbers)."""
+    for cd, g in manifest.groupby("case_day", sort=False):
+        s = g["slice"].to_numpy()
+        if len(s) and (s.max() - s.min() + 1) != len(s):
+            have = set(s.tolist())
+            missing = [x for x in range(int(s.min()), int(s.max()) + 1) if x not in have]
+            folder = Path(g["path"].iloc[0]).parent
+            raise ValueError(
+                f"{folder}: case-day {cd} lacks slice(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} between "
+                f"{int(s.min())} and {int(s.max())}; restore them (the 2.5D stacks and the 3D models need every "
+                "slice)"
+            )
+
+
+def read_sample(path: Path | None) -> pd.DataFrame | None:
+    """The sample submission (``id, class``) or None when absent."""
+    if path is None or not path.is_file():
+        return None
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "id" not in df.columns or "class" not in df.columns:
+        raise ValueError(f"{path}: expected columns id,class,predicted, got {list(df.columns)}")
+    return df[["id", "class"]]
+
+
+def _read_volume(paths: Sequence[str], hw: tuple[int, int], pool: ThreadPoolExecutor | None) -> np.ndarray:
+    from data_prep.layout import read_scan
+
+    if pool is None:
+        return np.stack([read_scan(p, hw) for p in paths])
+    return np.stack(list(pool.map(lambda p: read_scan(p, hw), paths)))
+
+
+def infer(
+    data_root: str | os.PathLike,
+    spec: Spec,
+    out: str | os.PathLike,
+    split: str = "test",
+    sample_submission: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    workers: int = 0,
+    save_probs: str | os.PathLike | None = None,
+    overlays: int = 0,
+    device: str = "cpu",
+    overwrite: bool = False,
+    loaders: dict[str, Callable] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> pd.DataFrame:
+    """Write ``out`` (a submission CSV) for the ``split/`` tree of ``data_root`` with the ensemble ``spec``.
+
+    Args:
+        data_root: folder holding ``{split}/`` (and usually ``sample_submission.csv``).
+        spec: validated spec (:func:`ensembles.spec.load_spec`).
+        out: the CSV to write (atomically, at the end: never half a submission).
+        split: sub-folder of scans.
+        sample_submission: row order (default ``data_root/sample_submission.csv`` when present; header-only or
+            absent -> manifest order).
+        batch_size: slices per forward pass (default: the spec's).
+        workers: threads reading PNGs (0: none).
+        save_probs: folder for the fused probabilities (probability-map layout, float16) and ``keep.csv``.
+        overlays: number of overlay PNGs (one per case-day, its slice with the largest predicted area) written
+            beside ``out`` in ``{out stem}_overlays/``.
+        device: torch device for the models.
+        overwrite: replace an existing ``out``.
+        loaders: overrides of :data:`LOADERS` (tests).
+        progress: wrapper of the case-day iterator (``tqdm``).
+
+    Returns:
+        The submission DataFrame (``id, class, predicted``).
+
+    Raises:
+        FileExistsError, FileNotFoundError (missing checkpoint, tree), ValueError (bad tree, sample ids absent
+        from the tree, NaN in a probability map), each naming the file.
+    """
+    from data_prep.layout import read_layout
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    root = Path(data_root)
+    manifest = read_layout(root, split, check_images=True)
+    check_tree(manifest, root / split)
+    sample_path = Path(sample_submission) if sample_submission else root / "sample_submission.csv"
+    if sample_submission and not sample_path.is_file():
+        raise FileNotFoundError(f"sample submission {sample_path} not found")
+    sample = read_sample(sample_path)
+    if sample is not None and len(sample):
+        absent = sorted(set(sample["id"]) - set(manifest["id"]))
+        if absent:
+            raise ValueError(
+                f"{sample_path}: {len(absent)} id(s) are not in {root / split}: {', '.join(absent[:5])}"
+                + (" ..." if len(absent) > 5 else "")
+                + "; give the sample submission of this tree"
+            )
+    models = load_models(spec, device, loaders)
+    case_days = list(dict.fromkeys(manifest["case_day"]))  # manifest order: case, day (numeric)
+    rows: list[tuple[str, str, str]] = []
+    overlay_dir = out.with_name(out.stem + "_overlays")
+    n_over = 0
+    keep_rows = []
+    pool = ThreadPoolExecutor(max_workers=workers) if workers and workers > 0 else None
+    try:
+        it: Iterable[str] = progress(case_days) if progress else case_days
+        for cd in it:
+            g = manifest[manifest["case_day"] == cd]
+            h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
+            if (g["height"] != h).any() or (g["width"] != w).any():
+                raise ValueError(f"{Path(g['path'].iloc[0]).parent}: slices of {cd} differ in size; expected one size")
+            volume = _read_volume(g["path"].tolist(), (h, w), pool)
+            spacing = (float(g["px_h"].iloc[0]), float(g["px_w"].iloc[0]))
+            res = predict_case_day(spec, models, volume, spacing, batch_size, cd)
+            ids = g["id"].tolist()
+            rows.extend(core.encode_rows(ids, res.masks))
+            if save_probs:
+                meta = {
+                    "kind": "ensemble",
+                    "config": spec.source,
+                    "checkpoint": None,
+                    "fold": None,
+                    "tta": [],
+                    "classes": list(CLASSES),
+                }
+                write_prob_dir(save_probs, cd, res.probs, ids, meta)
+                keep_rows.extend((sid, *map(int, k)) for sid, k in zip(ids, res.keep))
+            if n_over < overlays:
+                area = res.masks.sum(axis=(1, 2, 3))
+                z = int(np.argmax(area))
+                overlay_dir.mkdir(parents=True, exist_ok=True)
+                from common.viz import save_overlay
+
+                save_overlay(overlay_dir / f"{ids[z]}.png", volume[z], None, res.masks[z], title=ids[z])
+                n_over += 1
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    sub = core.order_rows(pd.DataFrame(rows, columns=["id", "class", "predicted"]), sample, str(sample_path))
+    if save_probs:
+        kdf = pd.DataFrame(keep_rows, columns=["id", *CLASSES])
+        atomic_write_text(Path(save_probs) / "keep.csv", kdf.to_csv(index=False))
+    atomic_write_text(out, sub.to_csv(index=False, lineterminator="\n"), overwrite=True)
+    logger.info("wrote %s: %d rows, %d case-days", out, len(sub), len(case_days))
+    return sub

@@ -1,0 +1,358 @@
+"""Search fusion weights, per-class thresholds, weak-class floors and minimum component sizes on out-of-fold
+probability maps with the competition metric, and write the tuned spec and a report.
+
+Coordinate ascent: each step evaluates a set of candidates in one pass over the case-days (each case-day's
+probabilities are read once per step): thresholds, then weights model by model (then the 2.5D/3D split), then
+thresholds again, weak-class floors and component sizes, each chosen per class from the per-class score (under
+the ``per_class`` Hausdorff the score decomposes by class; under ``union`` one value is shared by all classes).
+
+OOF folders follow docs/contracts.md "Probability maps"; a model's folds may be split over several folders
+(one per fold). Every model must cover the same case-days; otherwise the search refuses, naming the folders.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_prep.constants import CLASSES
+from ensembles import core
+from ensembles.io import ProbDir, atomic_write_text, decode_case_day, markdown_table, read_rle_table, shapes_manifest
+from ensembles.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, ScoreResult, aggregate, score_case_day
+from ensembles.spec import Spec
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_GRID: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+FLOOR_GRID: tuple[float, ...] = (0.0, 0.4, 0.5, 0.6)
+COMPONENT_GRID: tuple[int, ...] = (0, 10, 25, 50, 100)
+WEIGHT_FACTORS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+GROUP_2D_GRID: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+
+
+@dataclass
+class Params:
+    """One point of the search space."""
+
+    weights: dict[str, float]
+    weight_2d: float
+    weight_3d: float
+    thresholds: np.ndarray
+    floor: np.ndarray
+    min_component: np.ndarray
+    component_mode: str = "2d"
+    gate: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: Spec, models: Sequence[str]) -> Params:
+        n = len(CLASSES)
+        return cls(
+            weights={m: spec.model(m).weight for m in models},
+            weight_2d=spec.fusion["weight_2d"],
+            weight_3d=spec.fusion["weight_3d"],
+            thresholds=core.per_class(spec.thresholds, n, "thresholds"),
+            floor=core.per_class(spec.post["max_prob_floor"], n, "max_prob_floor"),
+            min_component=core.per_class(spec.post["min_component"], n, "min_component").astype(int),
+            component_mode=spec.post["component_mode"],
+            gate=dict(spec.gate),
+        )
+
+
+def parse_oof(spec: Spec, items: Sequence[str]) -> dict[str, list[ProbDir]]:
+    """``NAME=DIR`` or ``DIR`` arguments -> ``{model name: [ProbDir, ...]}``.
+
+    A bare ``DIR`` is matched to the one spec model whose config file name equals the ``config`` in its
+    meta.json; use ``NAME=DIR`` otherwise.
+
+    Raises:
+        ValueError: unknown model name (close matches), unmatched folder, a model whose folders overlap.
+    """
+    out: dict[str, list[ProbDir]] = {}
+    for item in items:
+        if "=" in item and not Path(item).exists():
+            name, d = item.split("=", 1)
+            spec.model(name)  # raises with close matches
+            pd_ = ProbDir(d)
+        else:
+            pd_ = ProbDir(item)
+            cfg = Path(str(pd_.meta.get("config", ""))).name
+            hits = [m.name for m in spec.models if m.config is not None and m.config.name == cfg]
+            if len(hits) != 1:
+                raise ValueError(
+                    f"{item}: cannot tell which spec model it belongs to (meta.json config {cfg!r} matches "
+                    f"{hits or 'no model'}); pass it as NAME=DIR"
+                )
+            name = hits[0]
+        out.setdefault(name, []).append(pd_)
+    for name, dirs in out.items():
+        seen: dict[str, Path] = {}
+        for d in dirs:
+            for cd in d.case_days:
+                if cd in seen:
+                    raise ValueError(f"model {name!r}: case-day {cd} is in both {seen[cd]} and {d.path}")
+                seen[cd] = d.path
+    return out
+
+
+def check_same_case_days(oof: dict[str, list[ProbDir]]) -> list[str]:
+    """The common sorted case-days; refuses (naming the folders) when models cover different sets."""
+    sets = {n: set().union(*[set(d.case_days) for d in dirs]) for n, dirs in oof.items()}
+    ref_name = next(iter(sets))
+    for n, s in sets.items():
+        if s != sets[ref_name]:
+            a = sorted(sets[ref_name] - s)[:5]
+            b = sorted(s - sets[ref_name])[:5]
+            raise ValueError(
+                f"OOF folders cover different case-days: {[str(d.path) for d in oof[ref_name]]} ({ref_name}) and "
+                f"{[str(d.path) for d in oof[n]]} ({n}) differ: only in the first {a}, only in the second {b}. "
+                "Every model must be predicted on the same case-days (as nnU-Net's ensembling requires)"
+            )
+    return sorted(sets[ref_name])
+
+
+def _apply(params: Params, probs: dict[str, np.ndarray], kinds: dict[str, str], gate_keep: np.ndarray | None):
+    groups, gw = [], []
+    for kind, w in (("2.5d", params.weight_2d), ("3d", params.weight_3d)):
+        names = [n for n in probs if kinds[n] == kind]
+        ws = [params.weights[n] for n in names]
+        if names and w > 0 and sum(ws) > 0:
+            groups.append(core.fuse([probs[n] for n in names], ws, names))
+            gw.append(w)
+    fused = core.fuse(groups, gw) if len(groups) > 1 else groups[0]
+    if gate_keep is not None:
+        fused = core.apply_keep(fused, gate_keep)
+    return core.postprocess(fused, params.thresholds, params.floor, params.min_component, params.component_mode)
+
+
+def _eval_task(args: tuple) -> list:
+    cd, files, kinds, gate_files, truth_rows, ids, hw, cands, empty, hausdorff = args
+    probs = {}
+    for name, path in files.items():
+        probs[name] = ProbDir(path).load(cd)
+    gate_keep = None
+    if gate_files:
+        from gating.gate import presence_from_masks
+
+        g = core.fuse([ProbDir(p).load(cd) for p in gate_files])
+        gate_keep = presence_from_masks(g, cands[0].gate["pixel_thr"], cands[0].gate["min_pixels"])
+    truth = decode_case_day(truth_rows, hw[0], hw[1], ids)
+    return [score_case_day(cd, _apply(p, probs, kinds, gate_keep), truth, empty, hausdorff) for p in cands]
+
+
+class Evaluator:
+    """Evaluates candidate :class:`Params` on the OOF case-days (one pass per call)."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        oof: dict[str, list[ProbDir]],
+        truth: pd.DataFrame,
+        manifest: pd.DataFrame | None = None,
+        empty: str = DEFAULT_EMPTY,
+        hausdorff: str = DEFAULT_HAUSDORFF,
+        workers: int = 0,
+    ):
+        self.spec, self.empty, self.hausdorff, self.workers = spec, empty, hausdorff, workers
+        seg = [m.name for m in spec.models if m.kind in ("2.5d", "3d") and m.role == "segment"]
+        missing = [n for n in seg if n not in oof]
+        if missing:
+            raise ValueError(f"no OOF folder given for spec model(s) {missing}; pass NAME=DIR for each")
+        self.models = seg
+        gate_names = [m.name for m in spec.by_kind("2.5d", role="gate")]
+        self.gate_models = [n for n in gate_names if n in oof] if spec.gate["method"] == "unet_count" else []
+        if spec.gate["method"] != "none" and not self.gate_models:
+            logger.warning(
+                "gate %r not applied in the search (its OOF predictions were not given)", spec.gate["method"]
+            )
+        used = {n: oof[n] for n in seg + self.gate_models}
+        self.case_days = check_same_case_days(used)
+        self.kinds = {n: spec.model(n).kind for n in seg}
+        self.where = {n: {cd: str(d.path) for d in dirs for cd in d.case_days} for n, dirs in used.items()}
+        ref = used[seg[0]]
+        self.ids = {cd: d.case_days[cd] for d in ref for cd in d.case_days}
+        self.truth = truth.set_index("id")[list(CLASSES)]
+        self.hw: dict[str, tuple[int, int]] = {}
+        for cd in self.case_days:
+            if manifest is not None:
+                m = manifest[manifest["case_day"] == cd]
+                self.hw[cd] = (int(m["height"].iloc[0]), int(m["width"].iloc[0]))
+            else:
+                shape = np.load(Path(self.where[seg[0]][cd]) / f"{cd}.npy", mmap_mode="r").shape
+                self.hw[cd] = (int(shape[2]), int(shape[3]))
+        self.n_evals = 0
+
+    def __call__(self, cands: Sequence[Params], progress: Callable | None = None) -> list[ScoreResult]:
+        def tasks():
+            for cd in self.case_days:
+                ids = self.ids[cd]
+                rows = self.truth.reindex(ids).fillna("").to_numpy().tolist()
+                files = {n: self.where[n][cd] for n in self.models}
+                gates = [self.where[n][cd] for n in self.gate_models]
+                yield (cd, files, self.kinds, gates, rows, ids, self.hw[cd], list(cands), self.empty, self.hausdorff)
+
+        if self.workers and self.workers > 1:
+            with ProcessPoolExecutor(self.workers) as ex:
+                per_cd = list(ex.map(_eval_task, tasks()))
+        else:
+            per_cd = [_eval_task(t) for t in tasks()]
+        self.n_evals += len(cands)
+        return [aggregate([r[i] for r in per_cd], self.empty, self.hausdorff) for i in range(len(cands))]
+
+
+def _class_scores(res: ScoreResult) -> np.ndarray:
+    pc = res.per_class.set_index("class")
+    s = np.array([pc.loc[c, "score"] for c in CLASSES], dtype=np.float64)
+    return np.where(np.isnan(s), res.score, s)
+
+
+def _pick_per_class(results: list[ScoreResult], values: list, current_index: int) -> list:
+    """For each class the value of the best candidate (ties keep the current one)."""
+    scores = np.stack([_class_scores(r) for r in results])  # (K, C)
+    out = []
+    for c in range(len(CLASSES)):
+        best = current_index
+        for k in range(len(values)):
+            if scores[k, c] > scores[best, c] + 1e-12:
+                best = k
+        out.append(values[best][c] if np.ndim(values[best]) else values[best])
+    return out
+
+
+def search(
+    spec: Spec, ev: Evaluator, log: Callable[[str], None] = logger.info
+) -> tuple[Params, ScoreResult, ScoreResult]:
+    """Coordinate ascent from the spec's values. Returns ``(tuned params, score before, score after)``."""
+    cur = Params.from_spec(spec, ev.models)
+    before = ev([cur])[0]
+    best_score = before.score
+    log(f"start: score {best_score:.5f}")
+
+    def post_step(cur: Params, best_score: float, attr: str, grid: Sequence) -> tuple[Params, float]:
+        values = [getattr(cur, attr)] + [np.full(len(CLASSES), v) for v in grid]
+        cands = []
+        for v in values:
+            p = copy.deepcopy(cur)
+            setattr(p, attr, np.asarray(v).astype(getattr(cur, attr).dtype))
+            cands.append(p)
+        res = ev(cands)
+        picked = np.asarray(_pick_per_class(res, values, 0)).astype(getattr(cur, attr).dtype)
+        trial = copy.deepcopy(cur)
+        setattr(trial, attr, picked)
+        r = ev([trial])[0]
+        if r.score > best_score + 1e-12:
+            cur, best_score = trial, r.score
+        log(f"{attr}: {getattr(cur, attr).tolist()} -> score {best_score:.5f}")
+        return cur, best_score
+
+    # thresholds first (weights compared at a sensible threshold), then weights, then all post-processing
+    cur, best_score = post_step(cur, best_score, "thresholds", THRESHOLD_GRID)
+    # weights, model by model
+    if len(ev.models) > 1:
+        for name in ev.models:
+            base = cur.weights[name] if cur.weights[name] > 0 else 1.0 / len(ev.models)
+            cands = []
+            for f in WEIGHT_FACTORS:
+                p = copy.deepcopy(cur)
+                p.weights[name] = base * f
+                if sum(p.weights.values()) > 0:
+                    cands.append(p)
+            res = ev(cands)
+            k = int(np.argmax([r.score for r in res]))
+            if res[k].score > best_score + 1e-12:
+                cur, best_score = cands[k], res[k].score
+            log(f"weight {name}: {cur.weights[name]:.3f} -> score {best_score:.5f}")
+    if any(ev.kinds[n] == "3d" for n in ev.models) and any(ev.kinds[n] == "2.5d" for n in ev.models):
+        cands = []
+        for w2 in GROUP_2D_GRID:
+            p = copy.deepcopy(cur)
+            p.weight_2d, p.weight_3d = w2, 1.0 - w2
+            cands.append(p)
+        res = ev(cands)
+        k = int(np.argmax([r.score for r in res]))
+        if res[k].score > best_score + 1e-12:
+            cur, best_score = cands[k], res[k].score
+        log(f"2.5d/3d split: {cur.weight_2d:.2f}/{cur.weight_3d:.2f} -> score {best_score:.5f}")
+    for attr, grid in (("thresholds", THRESHOLD_GRID), ("floor", FLOOR_GRID), ("min_component", COMPONENT_GRID)):
+        cur, best_score = post_step(cur, best_score, attr, grid)
+    after = ev([cur])[0]
+    return cur, before, after
+
+
+def tuned_spec(spec: Spec, p: Params) -> Spec:
+    """A copy of ``spec`` with the searched values."""
+    s = copy.deepcopy(spec)
+    for m in s.models:
+        if m.name in p.weights:
+            m.weight = round(float(p.weights[m.name]), 6)
+    s.fusion = {"weight_2d": round(float(p.weight_2d), 6), "weight_3d": round(float(p.weight_3d), 6)}
+    s.thresholds = [round(float(v), 6) for v in p.thresholds]
+    s.post = {
+        "max_prob_floor": [round(float(v), 6) for v in p.floor],
+        "min_component": [int(v) for v in p.min_component],
+        "component_mode": p.component_mode,
+    }
+    s.name = f"{spec.name}_tuned"
+    return s
+
+
+def run_search(
+    spec: Spec,
+    oof_items: Sequence[str],
+    truth_csv: str | os.PathLike,
+    out: str | os.PathLike,
+    manifest: pd.DataFrame | None = None,
+    empty: str = DEFAULT_EMPTY,
+    hausdorff: str = DEFAULT_HAUSDORFF,
+    workers: int = 0,
+    overwrite: bool = False,
+    log: Callable[[str], None] = logger.info,
+) -> tuple[Spec, ScoreResult, ScoreResult]:
+    """Parse the OOF folders, search, write ``out`` (tuned spec YAML) and ``{out stem}_report.{md,csv}``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    oof = parse_oof(spec, oof_items)
+    truth = read_rle_table(truth_csv)
+    ev = Evaluator(
+        spec, oof, truth, shapes_manifest(manifest) if manifest is not None else None, empty, hausdorff, workers
+    )
+    params, before, after = search(spec, ev, log)
+    tuned = tuned_spec(spec, params)
+    header = (
+        f"# tuned from {spec.source} on {len(ev.case_days)} OOF case-days: score {before.score:.5f} -> "
+        f"{after.score:.5f} (empty={empty}, hausdorff={hausdorff})\n"
+    )
+    atomic_write_text(out, header + tuned.dump(), overwrite=True)
+    b = before.per_class.set_index("class")
+    a = after.per_class.set_index("class")
+    rep = pd.DataFrame(
+        {
+            "class": list(b.index),
+            "dice_before": b["dice"].to_numpy(),
+            "dice_after": a["dice"].to_numpy(),
+            "hausdorff_before": b["hausdorff"].to_numpy(),
+            "hausdorff_after": a["hausdorff"].to_numpy(),
+            "score_before": b["score"].to_numpy(),
+            "score_after": a["score"].to_numpy(),
+        }
+    )
+    stem = out.with_name(out.stem + "_report")
+    atomic_write_text(stem.with_suffix(".csv"), rep.to_csv(index=False), overwrite=True)
+    md = (
+        f"# Search report\n\nspec {spec.source} -> {out}; {len(ev.case_days)} case-days; {ev.n_evals} evaluations\n\n"
+        f"score {before.score:.5f} -> **{after.score:.5f}**\n\n"
+        + markdown_table(rep)
+        + "\n## Tuned values\n\n```yaml\n"
+        + tuned.dump()
+        + "```\n"
+    )
+    atomic_write_text(stem.with_suffix(".md"), md, overwrite=True)
+    return tuned, before, after

@@ -1,0 +1,357 @@
+"""Ensemble specs: which models, how they are gated, fused, thresholded and post-processed.
+
+A spec is a YAML file (``ensembles/configs/*.yaml``)::
+
+    name: first_place
+    folds: [0, 1, 2, 3, 4]            # default fold list for checkpoint templates
+    models:
+      - name: unet_effb4              # unique
+        kind: 2.5d                    # 2.5d | 3d | classifier | detector
+        role: segment                 # 2.5d only: segment (fused) | gate (the U-Net-count gate)
+        config: mmcfg/unet/...py      # model config (detector: none)
+        checkpoints: work_dirs/.../fold_{fold}/best.pth   # a template over folds, or a list (one per fold)
+        tta: [hflip]
+        weight: 0.2                   # weight inside its group (2.5d or 3d); normalised
+    gate: {method: unet_count, pixel_thr: 0.6, min_pixels: 12}   # or classifier (thresholds, smooth,
+                                                                   # min_consecutive) or none
+    fusion: {weight_2d: 0.6, weight_3d: 0.4}
+    thresholds: 0.4                   # pixel threshold, one or one per class
+    post: {max_prob_floor: 0.5, min_component: 0, component_mode: 2d}
+
+Every key is checked against one table of known keys; an unknown key is answered with close matches
+(``difflib.get_close_matches``). Relative paths are resolved against the folder given to :func:`load_spec`
+(``root``, default the current directory).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_prep.constants import NUM_CLASSES
+
+KINDS: tuple[str, ...] = ("2.5d", "3d", "classifier", "detector")
+ROLES: tuple[str, ...] = ("segment", "gate")
+GATE_METHODS: tuple[str, ...] = ("none", "classifier", "unet_count")
+COMPONENT_MODES: tuple[str, ...] = ("2d", "3d")
+
+#: The table of known keys and their defaults, per section.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "spec": {
+        "name": "ensemble",
+        "folds": [0, 1, 2, 3, 4],
+        "models": [],
+        "gate": {},
+        "fusion": {},
+        "thresholds": 0.5,
+        "post": {},
+        "batch_size": 16,
+    },
+    "model": {
+        "name": None,
+        "kind": None,
+        "role": "segment",
+        "config": None,
+        "checkpoints": None,
+        "folds": None,
+        "tta": [],
+        "weight": 1.0,
+        "options": {},
+    },
+    "gate": {
+        "method": "none",
+        "pixel_thr": 0.6,
+        "min_pixels": 12,
+        "thresholds": 0.5,
+        "smooth": 0,
+        "min_consecutive": 1,
+    },
+    "fusion": {"weight_2d": 1.0, "weight_3d": 0.0},
+    "post": {"max_prob_floor": 0.0, "min_component": 0, "component_mode": "2d"},
+}
+
+
+class SpecError(ValueError):
+    """A malformed ensemble spec; the message names the file and the key."""
+
+
+def _check_keys(section: str, given: dict[str, Any], where: str) -> None:
+    known = DEFAULTS[section]
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise SpecError(f"{where}: unknown key {key!r} in {section}{hint} (known keys: {', '.join(known)})")
+
+
+def _merged(section: str, given: Any, where: str) -> dict[str, Any]:
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise SpecError(f"{where}: {section} must be a mapping, got {type(given).__name__}")
+    _check_keys(section, given, where)
+    out = copy.deepcopy(DEFAULTS[section])
+    out.update(given)
+    return out
+
+
+def _choice(value: Any, choices: tuple[str, ...], what: str, where: str) -> str:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), list(choices), n=2, cutoff=0.4)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise SpecError(f"{where}: {what} must be one of {list(choices)}, got {value!r}{hint}")
+    return value
+
+
+def _per_class(value: Any, what: str, where: str, lo: float = 0.0, hi: float = 1.0) -> float | list[float]:
+    vals = value if isinstance(value, list | tuple) else [value]
+    if len(vals) not in (1, NUM_CLASSES):
+        raise SpecError(f"{where}: {what} must be one number or {NUM_CLASSES} (one per class), got {value!r}")
+    try:
+        nums = [float(v) for v in vals]
+    except (TypeError, ValueError):
+        raise SpecError(f"{where}: {what} must be numbers, got {value!r}") from None
+    if any(not lo <= v <= hi for v in nums):
+        raise SpecError(f"{where}: {what} must lie in [{lo}, {hi}], got {value!r}")
+    return nums[0] if not isinstance(value, list | tuple) else nums
+
+
+@dataclass
+class ModelSpec:
+    """One model of the ensemble (see the module docstring for the keys)."""
+
+    name: str
+    kind: str
+    checkpoints: list[Path]
+    config: Path | None = None
+    role: str = "segment"
+    tta: list[str] = field(default_factory=list)
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+    folds: list[int] = field(default_factory=list)
+    checkpoints_raw: Any = None
+    config_raw: Any = None
+
+    def check_files(self) -> None:
+        """Raise FileNotFoundError naming the model and the first missing config or checkpoint."""
+        if self.config is not None and not self.config.is_file():
+            raise FileNotFoundError(f"model {self.name!r}: config {self.config} not found")
+        for ck in self.checkpoints:
+            if not ck.is_file():
+                raise FileNotFoundError(
+                    f"model {self.name!r}: checkpoint {ck} not found; train that fold or remove it from the spec"
+                )
+
+
+@dataclass
+class Spec:
+    """A validated ensemble spec."""
+
+    name: str
+    models: list[ModelSpec]
+    gate: dict[str, Any]
+    fusion: dict[str, float]
+    thresholds: float | list[float]
+    post: dict[str, Any]
+    folds: list[int]
+    batch_size: int = 16
+    source: str = "<spec>"
+
+    def by_kind(self, kind: str, role: str | None = None) -> list[ModelSpec]:
+        """Models of one kind (and role), in spec order."""
+        return [m for m in self.models if m.kind == kind and (role is None or m.role == role)]
+
+    def model(self, name: str) -> ModelSpec:
+        """The model named ``name``; unknown names get close matches."""
+        names = [m.name for m in self.models]
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise SpecError(f"{self.source}: no model named {name!r}{hint} (models: {', '.join(names)})")
+        return self.models[names.index(name)]
+
+    def check_files(self) -> None:
+        """Check that every config and checkpoint exists (before any inference starts)."""
+        for m in self.models:
+            m.check_files()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as YAML-ready data (paths as written in the source when unchanged)."""
+        models = []
+        for m in self.models:
+            d: dict[str, Any] = {"name": m.name, "kind": m.kind}
+            if m.kind == "2.5d":
+                d["role"] = m.role
+            if m.config_raw is not None:
+                d["config"] = m.config_raw
+            d["checkpoints"] = m.checkpoints_raw
+            if m.folds and m.folds != self.folds:
+                d["folds"] = m.folds
+            if m.tta:
+                d["tta"] = list(m.tta)
+            d["weight"] = float(m.weight)
+            if m.options:
+                d["options"] = m.options
+            models.append(d)
+        return {
+            "name": self.name,
+            "folds": list(self.folds),
+            "batch_size": self.batch_size,
+            "models": models,
+            "gate": dict(self.gate),
+            "fusion": dict(self.fusion),
+            "thresholds": self.thresholds,
+            "post": dict(self.post),
+        }
+
+    def dump(self) -> str:
+        """YAML text of :meth:`to_dict`."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _resolve(p: str, root: Path) -> Path:
+    q = Path(os.path.expanduser(str(p)))
+    return q if q.is_absolute() else root / q
+
+
+def _model(raw: Any, i: int, default_folds: list[int], root: Path, where: str) -> ModelSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: models[{i}] must be a mapping, got {type(raw).__name__}")
+    d = _merged("model", raw, f"{where}: models[{i}]")
+    name = d["name"]
+    if not name or not isinstance(name, str):
+        raise SpecError(f"{where}: models[{i}] needs a 'name'")
+    at = f"{where}: model {name!r}"
+    kind = _choice(d["kind"], KINDS, "kind", at)
+    role = _choice(d["role"], ROLES, "role", at)
+    if role == "gate" and kind != "2.5d":
+        raise SpecError(f"{at}: role 'gate' is for 2.5d segmenters (the U-Net-count gate), not {kind}")
+    if kind != "detector" and not d["config"]:
+        raise SpecError(f"{at}: a {kind} model needs a 'config'")
+    folds = d["folds"] if d["folds"] is not None else default_folds
+    ck = d["checkpoints"]
+    if isinstance(ck, str):
+        paths = [ck.format(fold=f) for f in folds] if "{fold}" in ck else [ck]
+    elif isinstance(ck, list) and ck and all(isinstance(c, str) for c in ck):
+        paths = list(ck)
+    else:
+        raise SpecError(f"{at}: checkpoints must be a path template with {{fold}} or a list of paths, got {ck!r}")
+    tta = d["tta"] or []
+    if isinstance(tta, str):
+        tta = [tta]
+    try:
+        weight = float(d["weight"])
+    except (TypeError, ValueError):
+        raise SpecError(f"{at}: weight must be a number, got {d['weight']!r}") from None
+    if not weight >= 0:
+        raise SpecError(f"{at}: weight must be >= 0, got {weight}")
+    return ModelSpec(
+        name=name,
+        kind=kind,
+        role=role,
+        config=_resolve(d["config"], root) if d["config"] else None,
+        checkpoints=[_resolve(p, root) for p in paths],
+        tta=[str(t) for t in tta],
+        weight=weight,
+        options=dict(d["options"] or {}),
+        folds=list(folds),
+        checkpoints_raw=ck,
+        config_raw=d["config"],
+    )
+
+
+def validate_spec(raw: Any, source: str = "<spec>", root: str | os.PathLike | None = None) -> Spec:
+    """Check a spec's data against the table of known keys and build a :class:`Spec`.
+
+    Args:
+        raw: the parsed YAML (a mapping).
+        source: file name used in errors.
+        root: folder relative paths are resolved against (default: the current directory).
+
+    Raises:
+        SpecError: unknown keys (with close matches), bad values, duplicated names, a gate that lacks its models.
+    """
+    root = Path(root) if root is not None else Path.cwd()
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a spec must be a mapping, got {type(raw).__name__}")
+    top = _merged("spec", raw, source)
+    folds = top["folds"]
+    if not isinstance(folds, list) or not all(isinstance(f, int) for f in folds):
+        raise SpecError(f"{source}: folds must be a list of integers, got {folds!r}")
+    if not isinstance(top["models"], list) or not top["models"]:
+        raise SpecError(f"{source}: 'models' must be a non-empty list")
+    models = [_model(m, i, folds, root, source) for i, m in enumerate(top["models"])]
+    names = [m.name for m in models]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise SpecError(f"{source}: model names must be unique, repeated: {dups}")
+    gate = _merged("gate", top["gate"], f"{source}: gate")
+    gate["method"] = _choice(gate["method"], GATE_METHODS, "gate method", f"{source}: gate")
+    gate["thresholds"] = _per_class(gate["thresholds"], "gate thresholds", f"{source}: gate")
+    gate["pixel_thr"] = float(_per_class(gate["pixel_thr"], "pixel_thr", f"{source}: gate"))
+    for key in ("min_pixels", "smooth", "min_consecutive"):
+        if not isinstance(gate[key], int) or gate[key] < 0:
+            raise SpecError(f"{source}: gate {key} must be an integer >= 0, got {gate[key]!r}")
+    if gate["method"] == "classifier" and not any(m.kind == "classifier" for m in models):
+        raise SpecError(f"{source}: gate method 'classifier' needs a model of kind classifier")
+    if gate["method"] == "unet_count" and not any(m.role == "gate" for m in models):
+        raise SpecError(f"{source}: gate method 'unet_count' needs 2.5d models with role: gate")
+    if not any(m.kind in ("2.5d", "3d") and m.role == "segment" for m in models):
+        raise SpecError(f"{source}: no segmenter (kind 2.5d with role segment, or 3d) to fuse")
+    if sum(m.kind == "detector" for m in models) > 1:
+        raise SpecError(f"{source}: at most one detector model")
+    fusion = _merged("fusion", top["fusion"], f"{source}: fusion")
+    for key in ("weight_2d", "weight_3d"):
+        try:
+            fusion[key] = float(fusion[key])
+        except (TypeError, ValueError):
+            raise SpecError(f"{source}: fusion {key} must be a number, got {fusion[key]!r}") from None
+        if fusion[key] < 0:
+            raise SpecError(f"{source}: fusion {key} must be >= 0, got {fusion[key]}")
+    has2 = any(m.kind == "2.5d" and m.role == "segment" for m in models)
+    has3 = any(m.kind == "3d" for m in models)
+    if (has2 and fusion["weight_2d"] > 0) + (has3 and fusion["weight_3d"] > 0) == 0:
+        raise SpecError(f"{source}: fusion weights give every segmenter group weight 0")
+    post = _merged("post", top["post"], f"{source}: post")
+    post["max_prob_floor"] = _per_class(post["max_prob_floor"], "max_prob_floor", f"{source}: post")
+    post["min_component"] = _per_class(post["min_component"], "min_component", f"{source}: post", 0, 1e9)
+    if isinstance(post["min_component"], list):
+        post["min_component"] = [int(v) for v in post["min_component"]]
+    else:
+        post["min_component"] = int(post["min_component"])
+    post["component_mode"] = _choice(post["component_mode"], COMPONENT_MODES, "component_mode", f"{source}: post")
+    return Spec(
+        name=str(top["name"]),
+        models=models,
+        gate=gate,
+        fusion=fusion,
+        thresholds=_per_class(top["thresholds"], "thresholds", source),
+        post=post,
+        folds=list(folds),
+        batch_size=int(top["batch_size"]),
+        source=source,
+    )
+
+
+def load_spec(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Spec:
+    """Read and validate a YAML spec (see :func:`validate_spec`).
+
+    Raises:
+        FileNotFoundError: no such file (shipped specs are listed).
+        SpecError: invalid YAML or spec.
+    """
+    p = Path(path)
+    if not p.is_file():
+        shipped = sorted(x.name for x in (Path(__file__).parent / "configs").glob("*.yaml"))
+        raise FileNotFoundError(f"spec {p} not found (shipped specs in ensembles/configs/: {', '.join(shipped)})")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{p}: not valid YAML: {e}") from None
+    return validate_spec(raw, str(p), root)

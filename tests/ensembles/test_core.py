@@ -1,0 +1,122 @@
+"""The fusion core: weights, gate, thresholds, weak classes, components, RLE rows, submission order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_prep.constants import CLASSES
+from data_prep.rle import rle_decode
+from ensembles import core
+
+
+def test_fuse_normalises_weights():
+    a = np.full((2, 3, 4, 5), 0.2, np.float16)
+    b = np.full((2, 3, 4, 5), 0.6, np.float32)
+    f1 = core.fuse([a, b], [2, 6])
+    f2 = core.fuse([a, b], [0.25, 0.75])
+    assert f1.dtype == np.float32
+    np.testing.assert_allclose(f1, f2, atol=1e-7)
+    assert float(f1[0, 0, 0, 0]) == pytest.approx(0.25 * float(np.float16(0.2)) + 0.75 * 0.6, abs=1e-6)
+    assert float(core.fuse([a, b])[1, 2, 3, 4]) == pytest.approx((float(np.float16(0.2)) + 0.6) / 2, abs=1e-6)
+    np.testing.assert_allclose(core.normalise_weights([1, 1, 2], 3), [0.25, 0.25, 0.5])
+
+
+def test_fuse_errors():
+    a = np.zeros((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        core.fuse([a, np.zeros((2, 3, 4, 5), np.float32)], names=["m1", "m2"])
+    with pytest.raises(ValueError, match="expected 2 values"):
+        core.fuse([a, a], [1.0])
+    with pytest.raises(ValueError, match="sum to 0"):
+        core.fuse([a, a], [0, 0])
+    with pytest.raises(ValueError, match=">= 0"):
+        core.fuse([a, a], [1, -1])
+    bad = a.copy()
+    bad[0, 1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="unet_b4.*NaN"):
+        core.fuse([a, bad], names=["ok", "unet_b4"])
+
+
+def test_apply_keep_and_threshold():
+    p = np.full((3, 3, 2, 2), 0.5, np.float32)
+    p[:, 1] = 0.7
+    keep = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 1]], bool)
+    k = core.apply_keep(p, keep)
+    assert k[0, 2].max() == 0 and k[1].max() == 0 and k[2, 2].min() == 0.5 and k[2, 1].max() == 0
+    k2 = core.apply_keep(p, np.array([True, False, True]))
+    assert k2[1].max() == 0 and k2[0].min() == 0.5
+    m = core.threshold(p, [0.6, 0.6, 0.4])
+    assert m[:, 0].sum() == 0 and m[:, 1].all() and m[:, 2].all()
+    assert core.threshold(p, 0.5).sum() == 12  # strictly greater: 0.5 is not above 0.5
+    with pytest.raises(ValueError, match="one value or 3"):
+        core.threshold(p, [0.5, 0.5])
+
+
+def test_empty_weak_classes():
+    p = np.zeros((2, 3, 4, 4), np.float32)
+    p[0, 0, :2, :2] = 0.45  # above the pixel threshold 0.4 but the peak is under 0.5
+    p[1, 0, :2, :2] = 0.45
+    p[1, 0, 0, 0] = 0.9  # this slice's peak passes
+    m = core.threshold(p, 0.4)
+    out = core.empty_weak(m, p, 0.5)
+    assert out[0, 0].sum() == 0 and out[1, 0].sum() == 4
+    assert core.postprocess(p, 0.4, max_prob_floor=0.5).sum() == 4
+
+
+def test_remove_small_components_2d_and_3d():
+    m = np.zeros((3, 3, 12, 12), bool)
+    m[0, 0, 0:2, 0:2] = True  # 4 px
+    m[0, 0, 5:8, 5:8] = True  # 9 px
+    m[1, 1, 2:4, 2:5] = True  # 6 px on slice 1 ...
+    m[2, 1, 2:4, 2:5] = True  # ... and 6 px right below: 12 voxels in 3D
+    out = core.remove_small(m, [5, 7, 0], mode="2d")
+    assert out[0, 0].sum() == 9 and out[1, 1].sum() == 0 and out[2, 1].sum() == 0
+    out3 = core.remove_small(m, [5, 7, 0], mode="3d")
+    assert out3[0, 0].sum() == 9 and out3[1:, 1].sum() == 12
+    # a component of exactly n pixels stays (removal is of components *under* n pixels)
+    assert core.remove_small(m, [4, 0, 0])[0, 0].sum() == 13
+    assert (core.remove_small(m, 0) == m).all()
+
+
+def test_encode_rows_decode_back():
+    rng = np.random.default_rng(0)
+    masks = rng.random((4, 3, 6, 7)) > 0.6
+    masks[1, 2] = False
+    ids = [f"case9_day1_slice_{i:04d}" for i in range(1, 5)]
+    rows = core.encode_rows(ids, masks)
+    assert len(rows) == 12
+    assert [r[1] for r in rows[:3]] == list(CLASSES) and [r[0] for r in rows[::3]] == ids
+    assert rows[1 * 3 + 2][2] == ""
+    for i, (_sid, _cls, rle) in enumerate(rows):
+        z, c = divmod(i, 3)
+        assert (rle_decode(rle, (6, 7)) == masks[z, c]).all()
+
+
+def test_order_rows():
+    rows = pd.DataFrame(
+        [(f"case1_day0_slice_000{z}", c, f"{z}{c[0]}") for z in (1, 2) for c in CLASSES],
+        columns=["id", "class", "predicted"],
+    )
+    sample = rows[["id", "class"]].iloc[::-1].reset_index(drop=True)
+    out = core.order_rows(rows, sample)
+    assert out["id"].tolist() == sample["id"].tolist() and out["predicted"].tolist()[0] == "2s"
+    assert core.order_rows(rows, sample.iloc[:0])["id"].tolist() == rows["id"].tolist()
+    bad = pd.concat([sample, pd.DataFrame([("case7_day0_slice_0001", "stomach")], columns=["id", "class"])])
+    with pytest.raises(ValueError, match="sample_submission.csv: 1 id.*case7_day0_slice_0001"):
+        core.order_rows(rows, bad)
+
+
+def test_weighted_mean_equals_fuse():
+    rng = np.random.default_rng(1)
+    maps = [rng.random((3, 3, 5, 6)).astype(np.float16) for _ in range(4)]
+    w = [0.2, 0.3, 0.1, 0.4]
+    acc = core.WeightedMean()
+    for m, wi in zip(maps, w):
+        acc.add(m, wi * 10)
+    np.testing.assert_allclose(acc.result(), core.fuse(maps, w), atol=1e-6)
+    with pytest.raises(ValueError, match="cannot fuse b of shape"):
+        acc.add(maps[0][:1], 1.0, "b")
+    with pytest.raises(ValueError, match="nothing to fuse"):
+        core.WeightedMean().result()

@@ -1,0 +1,76 @@
+"""Test tree -> submission.csv with an ensemble spec (crop -> gate -> segmenters -> 3D -> fuse -> post -> RLE).
+
+    python tools/infer.py --data-root DATA --split test --spec ensembles/configs/first_place.yaml \\
+        --out submission.csv [--batch-size 16] [--workers 4] [--save-probs DIR] [--overlays 8] [--device cuda]
+
+Streams one case-day at a time; the CSV is written atomically at the end. Only trusted checkpoints may be
+loaded. See ``ensembles/pipeline.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ensembles.pipeline import infer  # noqa: E402
+from ensembles.spec import load_spec  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", required=True, help="folder holding {split}/ and sample_submission.csv")
+    p.add_argument("--split", default="test", help="scan sub-folder (default test)")
+    p.add_argument("--spec", required=True, help="ensemble spec YAML (ensembles/configs/)")
+    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.add_argument("--sample-submission", default=None, help="row order (default DATA_ROOT/sample_submission.csv)")
+    p.add_argument("--root", default=None, help="folder the spec's relative paths start from (default: cwd)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the spec's)")
+    p.add_argument("--workers", type=int, default=0, help="threads reading scans")
+    p.add_argument("--save-probs", default=None, help="folder for the fused probabilities and gate decisions")
+    p.add_argument("--overlays", type=int, default=0, help="number of overlay PNGs to write beside --out")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    progress = None
+    if not a.no_progress:
+        from tqdm import tqdm
+
+        def progress(it):
+            return tqdm(it, desc="case-days", unit="case-day")
+
+    try:
+        spec = load_spec(a.spec, root=a.root)
+        sub = infer(
+            a.data_root,
+            spec,
+            a.out,
+            split=a.split,
+            sample_submission=a.sample_submission,
+            batch_size=a.batch_size,
+            workers=a.workers,
+            save_probs=a.save_probs,
+            overlays=a.overlays,
+            device=a.device,
+            overwrite=a.overwrite,
+            progress=progress,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.out}: {len(sub)} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

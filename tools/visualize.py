@@ -1,0 +1,108 @@
+"""Overlays of any case-day: the image, the truth and a prediction (a probability folder or a submission).
+
+Examples:
+    python tools/visualize.py --data-root DATA --split train --case-day case2_day1 --truth DATA/train.csv \
+        --pred submission.csv --out pictures/ --slices 6
+    python tools/visualize.py --data-root DATA --split test --case-day case9_day0 --probs work_dirs/m/fold_0/test
+
+Writes ``{out}/{case_day}_montage.png`` (every few slices, prediction coloured) and
+``{out}/{case_day}_slice_{SSSS}.png`` (image | truth | prediction) for the slices with the most foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.viz import save_montage, save_overlay  # noqa: E402
+from data_prep.layout import read_layout, read_scan  # noqa: E402
+from ensembles.io import ProbDir, decode_case_day, read_rle_table  # noqa: E402
+
+logger = logging.getLogger("visualize")
+
+
+def masks_from_table(table_path: str, ids: list[str], hw: tuple[int, int]) -> np.ndarray:
+    """Masks ``bool (D, 3, H, W)`` of the slices ``ids`` from a train.csv or submission (missing ids are empty)."""
+    table = read_rle_table(table_path).set_index("id")
+    rows = [list(table.loc[i]) if i in table.index else ["", "", ""] for i in ids]
+    return decode_case_day(rows, hw[0], hw[1], ids=ids)
+
+
+def visualize_case_day(
+    data_root: str,
+    split: str,
+    case_day: str,
+    out: str,
+    truth: str | None = None,
+    pred: str | None = None,
+    probs: str | None = None,
+    threshold: float = 0.5,
+    slices: int = 6,
+) -> list[Path]:
+    """Write a montage and per-slice overlays of one case-day; returns the files written."""
+    manifest = read_layout(data_root, split=split, check_images=False)
+    rows = manifest[manifest["case_day"] == case_day]
+    if rows.empty:
+        known = sorted(manifest["case_day"].unique())[:5]
+        raise ValueError(f"{data_root}/{split}: no case-day {case_day!r}; some that exist: {known}")
+    ids = rows["id"].tolist()
+    hw = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
+    volume = np.stack([read_scan(p, hw) for p in rows["path"]])
+    truth_m = masks_from_table(truth, ids, hw) if truth else None
+    if probs:
+        folder = ProbDir(probs)
+        if folder.case_days.get(case_day) != ids:
+            raise ValueError(f"{probs}: slices of {case_day} differ from the tree's ({len(ids)} slices)")
+        pred_m = folder.load(case_day) > threshold
+    elif pred:
+        pred_m = masks_from_table(pred, ids, hw)
+    else:
+        pred_m = None
+    out_dir = Path(out)
+    shown = pred_m if pred_m is not None else truth_m
+    written = []
+    if shown is not None:
+        written.append(save_montage(out_dir / f"{case_day}_montage.png", volume, shown, title=case_day))
+    ref = truth_m if truth_m is not None else shown
+    order = np.argsort(-ref.reshape(len(ids), -1).sum(1), kind="stable") if ref is not None else np.arange(len(ids))
+    for z in sorted(order[:slices].tolist()):
+        written.append(
+            save_overlay(
+                out_dir / f"{ids[z]}.png",
+                volume[z],
+                None if truth_m is None else truth_m[z],
+                None if pred_m is None else pred_m[z],
+                title=ids[z],
+            )
+        )
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--split", default="train", choices=("train", "test"))
+    p.add_argument("--case-day", required=True, help="e.g. case2_day1")
+    p.add_argument("--out", default="pictures")
+    p.add_argument("--truth", help="train.csv (or test_truth.csv) for the truth panel")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--pred", help="a submission.csv")
+    src.add_argument("--probs", help="a probability folder (meta.json + {case_day}.npy)")
+    p.add_argument("--threshold", type=float, default=0.5, help="for --probs")
+    p.add_argument("--slices", type=int, default=6, help="overlays of the slices with the most foreground")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    files = visualize_case_day(a.data_root, a.split, a.case_day, a.out, a.truth, a.pred, a.probs, a.threshold, a.slices)
+    for f in files:
+        logger.info("wrote %s", f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
