@@ -135,10 +135,12 @@ def read_labels(path: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def _scan_tree(tree: Path) -> tuple[list[tuple], list[str]]:
-    """Walk ``tree`` (``case*/case*_day*/scans/*.png``); return parsed rows and offending paths."""
+def _scan_tree(tree: Path) -> tuple[list[tuple], list[str], list[str]]:
+    """Walk ``tree`` (``case*/case*_day*/scans/*.png``); return parsed rows, offending paths and the ``scans/``
+    folders that hold no scan."""
     rows: list[tuple] = []
     bad: list[str] = []
+    empty: list[str] = []
     for case_entry in sorted(os.scandir(tree), key=lambda e: e.name):
         if case_entry.name.startswith("."):
             continue
@@ -158,6 +160,7 @@ def _scan_tree(tree: Path) -> tuple[list[tuple], list[str]]:
                 bad.append(str(scans) + " (missing scans/ folder)")
                 continue
             case, day = int(m_day["case"]), int(m_day["day"])
+            n_rows = len(rows)
             for f in os.scandir(scans):
                 if f.name.startswith("."):
                     continue
@@ -177,7 +180,9 @@ def _scan_tree(tree: Path) -> tuple[list[tuple], list[str]]:
                         float(m["px_h"]),
                     )
                 )
-    return rows, bad
+            if len(rows) == n_rows:
+                empty.append(str(scans))
+    return rows, bad, sorted(empty)
 
 
 def _check_images(df: pd.DataFrame) -> None:
@@ -268,13 +273,14 @@ def read_layout(
         DataFrame, one row per slice sorted by case, day, slice, with columns ``id, case, day, slice,
         case_day, path`` (absolute str), ``width, height`` (int pixels), ``px_w, px_h`` (float mm), and when
         labels are given one RLE column per class of ``CLASSES`` (``""`` when empty, also for scans with no
-        label rows when not strict).
+        label rows when not strict). ``attrs["empty_scan_dirs"]`` lists the case-day ``scans/`` folders that
+        hold no scan (skipped with a ``LayoutWarning`` when not strict).
 
     Raises:
         FileNotFoundError: ``data_root/split`` or the labels file does not exist.
         ValueError: file names off the pattern, PNG size differs from the name, duplicated slices, no scans,
             malformed labels (``RLEError``, a ``ValueError``, names the row id and the file); in strict mode
-            also label/scan mismatches and slice gaps.
+            also label/scan mismatches, slice gaps and case-day folders with no scan.
     """
     root = Path(data_root)
     tree = root / split
@@ -286,7 +292,7 @@ def read_layout(
             f"{tree} not found; expected {root}/{split}/case{{N}}/case{{N}}_day{{D}}/scans/*.png "
             f"(found in {root}: {_first(present) or 'nothing'})"
         )
-    rows, bad = _scan_tree(tree)
+    rows, bad, empty = _scan_tree(tree)
     if bad:
         raise ValueError(
             f"{len(bad)} path(s) in {tree} do not match the Kaggle layout "
@@ -294,6 +300,11 @@ def read_layout(
         )
     if not rows:
         raise ValueError(f"{tree} holds no scans; expected case{{N}}/case{{N}}_day{{D}}/scans/slice_*.png")
+    if empty:
+        msg = f"{len(empty)} case-day folder(s) hold no scans: {_first(empty)}"
+        if strict:
+            raise ValueError(msg + " (strict mode; restore their scans or remove the folders)")
+        _warn(msg + "; they are skipped")
     df = pd.DataFrame(rows, columns=["case", "day", "slice", "path", "width", "height", "px_w", "px_h"])
     df = df.sort_values(["case", "day", "slice"], kind="stable").reset_index(drop=True)
     df["case_day"] = "case" + df["case"].astype(str) + "_day" + df["day"].astype(str)
@@ -327,6 +338,7 @@ def read_layout(
         df[list(CLASSES)] = df[list(CLASSES)].fillna("")
         validate_rles(df, source)
     logger.info("read %d slices, %d case-days from %s", len(df), df["case_day"].nunique(), tree)
+    df.attrs["empty_scan_dirs"] = empty
     return df
 
 

@@ -80,6 +80,9 @@ def load_models(spec: Spec, device: str = "cpu", loaders: dict[str, Callable] | 
     loaders = {**LOADERS, **(loaders or {})}
     out = []
     for m in spec.models:
+        if m.role == "segment" and m.kind in ("2.5d", "3d") and m.weight == 0:
+            logger.info("skipping %s: its weight is 0", m.name)
+            continue
         preds = []
         for ck in m.checkpoints:
             logger.info("loading %s (%s) from %s", m.name, m.kind, ck)
@@ -208,7 +211,7 @@ def predict_case_day(
 
     groups: list[np.ndarray] = []
     group_w: list[float] = []
-    seg2 = [by[m.name] for m in spec.by_kind("2.5d", role="segment")]
+    seg2 = [by[m.name] for m in spec.by_kind("2.5d", role="segment") if m.name in by]
     if seg2 and spec.fusion["weight_2d"] > 0:
         if slice_keep.any():
             groups.append(
@@ -224,12 +227,14 @@ def predict_case_day(
         else:
             groups.append(np.zeros(shape, np.float32))
         group_w.append(spec.fusion["weight_2d"])
-    seg3 = [by[m.name] for m in spec.by_kind("3d")]
+    seg3 = [by[m.name] for m in spec.by_kind("3d") if m.name in by]
     if seg3 and spec.fusion["weight_3d"] > 0:
         groups.append(
             _group_mean(seg3, lambda lm, p: p.predict_volume(volume, spacing, tta=tuple(lm.spec.tta)), shape, case_day)
         )
         group_w.append(spec.fusion["weight_3d"])
+    if not groups:
+        raise ValueError(f"{spec.source}: no segmenter with a positive weight (and a positive fusion weight)")
     probs = core.fuse(groups, group_w, names=["2.5d", "3d"][: len(groups)]) if len(groups) > 1 else groups[0]
     probs = core.apply_keep(probs, keep)
     p = spec.post
@@ -288,6 +293,7 @@ def infer(
     overwrite: bool = False,
     loaders: dict[str, Callable] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    skip_empty: bool = False,
 ) -> pd.DataFrame:
     """Write ``out`` (a submission CSV) for the ``split/`` tree of ``data_root`` with the ensemble ``spec``.
 
@@ -307,6 +313,8 @@ def infer(
         overwrite: replace an existing ``out``.
         loaders: overrides of :data:`LOADERS` (tests).
         progress: wrapper of the case-day iterator (``tqdm``).
+        skip_empty: skip case-day folders whose ``scans/`` holds no scan (counted in the log) instead of
+            refusing the tree.
 
     Returns:
         The submission DataFrame (``id, class, predicted``).
@@ -322,6 +330,14 @@ def infer(
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     root = Path(data_root)
     manifest = read_layout(root, split, check_images=True)
+    empty = list(manifest.attrs.get("empty_scan_dirs", []))
+    if empty and not skip_empty:
+        raise ValueError(
+            f"{len(empty)} case-day folder(s) hold no scans: {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}"
+            "; restore their scans, remove the folders, or pass --skip-empty to predict the other case-days"
+        )
+    if empty:
+        logger.warning("skipped %d empty case-day folder(s): %s", len(empty), ", ".join(empty))
     check_tree(manifest, root / split)
     sample_path = Path(sample_submission) if sample_submission else root / "sample_submission.csv"
     if sample_submission and not sample_path.is_file():

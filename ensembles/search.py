@@ -36,6 +36,7 @@ FLOOR_GRID: tuple[float, ...] = (0.0, 0.4, 0.5, 0.6)
 COMPONENT_GRID: tuple[int, ...] = (0, 10, 25, 50, 100)
 WEIGHT_FACTORS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
 GROUP_2D_GRID: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+GATE_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 @dataclass
@@ -102,6 +103,38 @@ def parse_oof(spec: Spec, items: Sequence[str]) -> dict[str, list[ProbDir]]:
     return out
 
 
+def read_classifier_oof(spec: Spec, items: Sequence[str]) -> pd.DataFrame | None:
+    """``NAME=cls_probs.csv`` arguments of the spec's classifiers -> the mean presence probability per slice.
+
+    A classifier's folds may be split over several CSVs (one per fold); they are concatenated, then the
+    classifiers are averaged. Returns None when no item is given.
+    """
+    if not items:
+        return None
+    from gating.classifier import read_cls_probs
+
+    per_model: dict[str, list[pd.DataFrame]] = {}
+    for item in items:
+        name, path = item.split("=", 1) if "=" in item else ("", item)
+        if not name:
+            names = [m.name for m in spec.models if m.kind == "classifier"]
+            if len(names) != 1:
+                raise ValueError(f"{item}: name the classifier it belongs to as NAME=CSV (spec classifiers: {names})")
+            name = names[0]
+        if spec.model(name).kind != "classifier":
+            raise ValueError(f"{item}: model {name!r} is a {spec.model(name).kind} model, not a classifier")
+        per_model.setdefault(name, []).append(read_cls_probs(path))
+    frames = []
+    for name, dfs in per_model.items():
+        df = pd.concat(dfs, ignore_index=True)
+        dup = df["id"][df["id"].duplicated()].tolist()
+        if dup:
+            raise ValueError(f"classifier {name!r}: slice ids in more than one CSV, e.g. {dup[:3]}")
+        frames.append(df.set_index("id")[list(CLASSES)])
+    common = sorted(set.intersection(*[set(f.index) for f in frames]))
+    return (sum(f.loc[common] for f in frames) / len(frames)).reset_index()
+
+
 def check_same_case_days(oof: dict[str, list[ProbDir]]) -> list[str]:
     """The common sorted case-days; refuses (naming the folders) when models cover different sets."""
     sets = {n: set().union(*[set(d.case_days) for d in dirs]) for n, dirs in oof.items()}
@@ -118,6 +151,14 @@ def check_same_case_days(oof: dict[str, list[ProbDir]]) -> list[str]:
     return sorted(sets[ref_name])
 
 
+def _classifier_keep(params: Params, cls_probs: np.ndarray) -> np.ndarray:
+    """Gate decisions ``bool (D, C)`` of a classifier gate for ``params`` (its thresholds, smoothing, runs)."""
+    from gating.gate import gate_decisions
+
+    g = params.gate
+    return gate_decisions(cls_probs, g.get("thresholds", 0.5), g.get("smooth", 0), g.get("min_consecutive", 1))
+
+
 def _apply(params: Params, probs: dict[str, np.ndarray], kinds: dict[str, str], gate_keep: np.ndarray | None):
     groups, gw = [], []
     for kind, w in (("2.5d", params.weight_2d), ("3d", params.weight_3d)):
@@ -126,6 +167,8 @@ def _apply(params: Params, probs: dict[str, np.ndarray], kinds: dict[str, str], 
         if names and w > 0 and sum(ws) > 0:
             groups.append(core.fuse([probs[n] for n in names], ws, names))
             gw.append(w)
+    if not groups:  # every weight of this candidate is 0: it predicts nothing
+        groups, gw = [np.zeros_like(next(iter(probs.values())))], [1.0]
     fused = core.fuse(groups, gw) if len(groups) > 1 else groups[0]
     if gate_keep is not None:
         fused = core.apply_keep(fused, gate_keep)
@@ -133,7 +176,7 @@ def _apply(params: Params, probs: dict[str, np.ndarray], kinds: dict[str, str], 
 
 
 def _eval_task(args: tuple) -> list:
-    cd, files, kinds, gate_files, truth_rows, ids, hw, cands, empty, hausdorff = args
+    cd, files, kinds, gate_files, cls_probs, truth_rows, ids, hw, cands, empty, hausdorff = args
     probs = {}
     for name, path in files.items():
         probs[name] = ProbDir(path).load(cd)
@@ -144,6 +187,11 @@ def _eval_task(args: tuple) -> list:
         g = core.fuse([ProbDir(p).load(cd) for p in gate_files])
         gate_keep = presence_from_masks(g, cands[0].gate["pixel_thr"], cands[0].gate["min_pixels"])
     truth = decode_case_day(truth_rows, hw[0], hw[1], ids)
+    if cls_probs is not None:
+        return [
+            score_case_day(cd, _apply(p, probs, kinds, _classifier_keep(p, cls_probs)), truth, empty, hausdorff)
+            for p in cands
+        ]
     return [score_case_day(cd, _apply(p, probs, kinds, gate_keep), truth, empty, hausdorff) for p in cands]
 
 
@@ -159,8 +207,13 @@ class Evaluator:
         empty: str = DEFAULT_EMPTY,
         hausdorff: str = DEFAULT_HAUSDORFF,
         workers: int = 0,
+        cls_probs: pd.DataFrame | None = None,
     ):
         self.spec, self.empty, self.hausdorff, self.workers = spec, empty, hausdorff, workers
+        #: out-of-fold presence probabilities (id + class columns) for a classifier gate, else None
+        self.cls_probs = cls_probs.set_index("id")[list(CLASSES)] if cls_probs is not None else None
+        if self.cls_probs is not None and spec.gate["method"] != "classifier":
+            raise ValueError(f"classifier OOF probabilities given, but the spec's gate is {spec.gate['method']!r}")
         seg = [m.name for m in spec.models if m.kind in ("2.5d", "3d") and m.role == "segment"]
         missing = [n for n in seg if n not in oof]
         if missing:
@@ -168,7 +221,7 @@ class Evaluator:
         self.models = seg
         gate_names = [m.name for m in spec.by_kind("2.5d", role="gate")]
         self.gate_models = [n for n in gate_names if n in oof] if spec.gate["method"] == "unet_count" else []
-        if spec.gate["method"] != "none" and not self.gate_models:
+        if spec.gate["method"] != "none" and not self.gate_models and self.cls_probs is None:
             logger.warning(
                 "gate %r not applied in the search (its OOF predictions were not given)", spec.gate["method"]
             )
@@ -178,6 +231,13 @@ class Evaluator:
         self.where = {n: {cd: str(d.path) for d in dirs for cd in d.case_days} for n, dirs in used.items()}
         ref = used[seg[0]]
         self.ids = {cd: d.case_days[cd] for d in ref for cd in d.case_days}
+        if self.cls_probs is not None:
+            missing = sorted({i for cd in self.case_days for i in self.ids[cd]} - set(self.cls_probs.index))
+            if missing:
+                raise ValueError(
+                    f"classifier OOF probabilities lack {len(missing)} slice(s) of the OOF case-days, e.g. "
+                    f"{missing[:3]}; predict them with the classifier of the same folds"
+                )
         self.truth = truth.set_index("id")[list(CLASSES)]
         self.hw: dict[str, tuple[int, int]] = {}
         for cd in self.case_days:
@@ -196,7 +256,20 @@ class Evaluator:
                 rows = self.truth.reindex(ids).fillna("").to_numpy().tolist()
                 files = {n: self.where[n][cd] for n in self.models}
                 gates = [self.where[n][cd] for n in self.gate_models]
-                yield (cd, files, self.kinds, gates, rows, ids, self.hw[cd], list(cands), self.empty, self.hausdorff)
+                cls = None if self.cls_probs is None else self.cls_probs.loc[ids].to_numpy(np.float64)
+                yield (
+                    cd,
+                    files,
+                    self.kinds,
+                    gates,
+                    cls,
+                    rows,
+                    ids,
+                    self.hw[cd],
+                    list(cands),
+                    self.empty,
+                    self.hausdorff,
+                )
 
         if self.workers and self.workers > 1:
             with ProcessPoolExecutor(self.workers) as ex:
@@ -254,6 +327,20 @@ def search(
 
     # thresholds first (weights compared at a sensible threshold), then weights, then all post-processing
     cur, best_score = post_step(cur, best_score, "thresholds", THRESHOLD_GRID)
+    if ev.cls_probs is not None:
+        # classifier-gate thresholds, per class (0.0 keeps every slice: the gate can only help)
+        now = core.per_class(cur.gate.get("thresholds", 0.5), len(CLASSES), "gate thresholds")
+        values = [now] + [np.full(len(CLASSES), v) for v in GATE_GRID]
+        cands = [copy.deepcopy(cur) for _ in values]
+        for p, v in zip(cands, values):
+            p.gate["thresholds"] = [float(x) for x in v]
+        res = ev(cands)
+        trial = copy.deepcopy(cur)
+        trial.gate["thresholds"] = [float(x) for x in _pick_per_class(res, values, 0)]
+        r = ev([trial])[0]
+        if r.score > best_score + 1e-12:
+            cur, best_score = trial, r.score
+        log(f"gate thresholds: {cur.gate['thresholds']} -> score {best_score:.5f}")
     # weights, model by model
     if len(ev.models) > 1:
         for name in ev.models:
@@ -293,6 +380,8 @@ def tuned_spec(spec: Spec, p: Params) -> Spec:
         if m.name in p.weights:
             m.weight = round(float(p.weights[m.name]), 6)
     s.fusion = {"weight_2d": round(float(p.weight_2d), 6), "weight_3d": round(float(p.weight_3d), 6)}
+    if p.gate.get("method") == "classifier":
+        s.gate = dict(s.gate, thresholds=[round(float(v), 6) for v in core.per_class(p.gate["thresholds"], 3, "gate")])
     s.thresholds = [round(float(v), 6) for v in p.thresholds]
     s.post = {
         "max_prob_floor": [round(float(v), 6) for v in p.floor],
@@ -319,10 +408,18 @@ def run_search(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    oof = parse_oof(spec, oof_items)
+    cls_items = [i for i in oof_items if i.split("=", 1)[-1].endswith(".csv")]
+    oof = parse_oof(spec, [i for i in oof_items if i not in cls_items])
     truth = read_rle_table(truth_csv)
     ev = Evaluator(
-        spec, oof, truth, shapes_manifest(manifest) if manifest is not None else None, empty, hausdorff, workers
+        spec,
+        oof,
+        truth,
+        shapes_manifest(manifest) if manifest is not None else None,
+        empty,
+        hausdorff,
+        workers,
+        cls_probs=read_classifier_oof(spec, cls_items),
     )
     params, before, after = search(spec, ev, log)
     tuned = tuned_spec(spec, params)

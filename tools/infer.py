@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=int, default=0, help="number of overlay PNGs to write beside --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--skip-empty", action="store_true", help="skip case-day folders with no scans (else an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=a.device,
             overwrite=a.overwrite,
             progress=progress,
+            skip_empty=a.skip_empty,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -178,3 +178,48 @@ def test_search_with_3d_and_gate(oof):
     assert after.score >= before.score
     assert tuned.fusion["weight_2d"] + tuned.fusion["weight_3d"] == pytest.approx(1.0)
     assert tuned.gate["method"] == "unet_count"
+
+
+def test_search_tunes_classifier_gate(oof):
+    """A model with a false blob on every empty first slice; a classifier that knows those slices are empty. The
+    search starts from a gate that keeps everything (threshold 0) and must learn to drop them."""
+    rng = np.random.default_rng(7)
+    truth = _truth(np.random.default_rng(0))
+    rows = []
+    for f, cds in (("fold_0", CDS[:2]), ("fold_1", CDS[2:])):
+        probs = {}
+        for cd in cds:
+            p = np.load(oof / "good" / f / f"{cd}.npy").astype(np.float32)
+            p[0, :, 5:12, 5:12] = 0.9  # false positives where the truth is empty (z = 0)
+            probs[cd] = p
+            present = truth[cd].reshape(D, 3, -1).any(-1)
+            for z in range(D):
+                pz = np.where(present[z], 0.9, 0.05) + 0.02 * rng.random(3)
+                rows.append((f"{cd}_slice_{z + 1:04d}", *pz.tolist()))
+        _write_dir(oof / "fp" / f, probs, "fp.py")
+    pd.DataFrame(rows, columns=["id", *CLASSES]).to_csv(oof / "cls_probs.csv", index=False)
+    spec = {
+        "name": "g",
+        "folds": [0, 1],
+        "models": [
+            {"name": "fp", "kind": "2.5d", "config": "fp.py", "checkpoints": "f{fold}"},
+            {"name": "cls", "kind": "classifier", "config": "cls.py", "checkpoints": "c{fold}"},
+        ],
+        "gate": {"method": "classifier", "thresholds": 0.0},
+        "thresholds": 0.5,
+    }
+    s = validate_spec(spec, "g.yaml", oof)
+    items = [f"fp={oof / 'fp' / f}" for f in ("fold_0", "fold_1")] + [f"cls={oof / 'cls_probs.csv'}"]
+    tuned, before, after = run_search(s, items, oof / "train.csv", oof / "tg.yaml", log=lambda m: None)
+    assert after.score > before.score + 0.05
+    assert all(0.05 < t <= 0.8 for t in tuned.gate["thresholds"])
+    _, no_gate_before, _ = run_search(
+        validate_spec(dict(spec, gate={"method": "none"}), "n.yaml", oof),
+        items[:2],
+        oof / "train.csv",
+        oof / "tn.yaml",
+        log=lambda m: None,
+    )
+    assert before.score == pytest.approx(no_gate_before.score)  # threshold 0 keeps every slice
+    with pytest.raises(ValueError, match="classifier"):
+        run_search(s, items[:2] + [f"fp={oof / 'cls_probs.csv'}"], oof / "train.csv", oof / "x.yaml")

@@ -1,0 +1,188 @@
+"""Train the ultralytics YOLO crop detector on data_prep's YOLO export, offline.
+
+The export (``python -m data_prep export yolo --work WORK --fold K``) writes
+``WORK/exports/yolo/data.yaml`` with ``images/{train,val}`` and ``labels/{train,val}``. The model is built
+from a model YAML (``yolov8n.yaml`` by default, shipped inside ultralytics); pretrained weights come only from
+a local ``.pt``. ``YOLO_OFFLINE=1`` and the ultralytics / matplotlib settings folders are put inside the run
+folder before ultralytics is imported, so nothing is fetched and no per-user settings file is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["find_yolo_export", "parse_overrides", "train_detector"]
+
+EXPORT_HINT = "python -m data_prep export yolo --work {work} --fold {fold}"
+
+
+def find_yolo_export(work: str | os.PathLike, fold: int | str | None = None) -> Path:
+    """The ``data.yaml`` of the YOLO export in ``WORK``, checked for the requested fold.
+
+    Looks at ``WORK/exports/yolo/fold_{fold}/data.yaml`` then ``WORK/exports/yolo/data.yaml``.
+
+    Raises:
+        FileNotFoundError: no export (the message names the command that makes it).
+        ValueError: the export was made for another fold.
+    """
+    root = Path(work) / "exports" / "yolo"
+    fold_s = "all" if fold is None else str(fold)
+    candidates = [root / f"fold_{fold_s}" / "data.yaml", root / "data.yaml"]
+    for cand in candidates:
+        if cand.is_file():
+            meta = yaml.safe_load(cand.read_text()) or {}
+            made_for = meta.get("fold")
+            info = cand.parent / "export.json"  # data_prep records the fold there
+            if made_for is None and info.is_file():
+                made_for = json.loads(info.read_text()).get("fold")
+            if made_for is not None and fold is not None and str(made_for) != fold_s:
+                raise ValueError(
+                    f"{cand} was exported for fold {made_for}, not fold {fold_s}: run "
+                    f"`{EXPORT_HINT.format(work=work, fold=fold_s)} --overwrite` to export this fold"
+                )
+            return cand
+    raise FileNotFoundError(
+        f"no YOLO export in {root} (looked for {', '.join(str(c) for c in candidates)}): make it with "
+        f"`{EXPORT_HINT.format(work=work, fold=fold_s)}`"
+    )
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``key=value`` strings into a dict, values parsed as YAML, keys checked against ultralytics' defaults.
+
+    Raises:
+        ValueError: a malformed item or an unknown key (close matches are named).
+    """
+    if not items:
+        return {}
+    from gating.crop import yolo_offline_env
+
+    yolo_offline_env(None)  # before the first ultralytics import: offline, no per-user settings file
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"overrides are key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key not in DEFAULT_CFG_DICT:
+            close = difflib.get_close_matches(key, list(DEFAULT_CFG_DICT), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"{key!r} is not an ultralytics training argument{hint}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _set_run_env(run_dir: Path) -> None:
+    os.environ["YOLO_OFFLINE"] = "1"
+    if "ultralytics" in sys.modules:
+        logger.debug("ultralytics already imported: its settings folder stays %s", os.environ.get("YOLO_CONFIG_DIR"))
+    else:
+        os.environ["YOLO_CONFIG_DIR"] = str(run_dir / ".ultralytics")
+    os.environ["MPLCONFIGDIR"] = str(run_dir / ".matplotlib")
+    for key in ("YOLO_CONFIG_DIR", "MPLCONFIGDIR"):
+        if os.environ.get(key):
+            Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+
+
+def train_detector(
+    data_yaml: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model: str = "yolov8n.yaml",
+    weights: str | os.PathLike | None = None,
+    imgsz: int = 384,
+    epochs: int = 30,
+    batch: int = 32,
+    device: str | None = None,
+    workers: int = 4,
+    seed: int = 42,
+    amp: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Train a YOLO detector and return the path of its ``best.pt``.
+
+    Args:
+        data_yaml: the export's ``data.yaml`` (see :func:`find_yolo_export`).
+        out_dir: run folder; ultralytics writes ``weights/{best,last}.pt``, ``results.csv`` and plots there.
+        model: a model YAML (``yolov8n.yaml``, ``yolo11s.yaml``, or a path); never a ``.pt`` name.
+        weights: optional local ``.pt`` whose matching weights are loaded before training.
+        imgsz, epochs, batch, workers, seed, amp: ultralytics training arguments.
+        device: ``"cpu"``, ``"0"``, ``"0,1"``; None picks CUDA when available.
+        resume: continue ``out_dir/weights/last.pt``.
+        overwrite: allow training into a folder that already holds ``weights/best.pt``.
+        overrides: further ultralytics arguments (see :func:`parse_overrides`).
+
+    Raises:
+        FileNotFoundError: ``data_yaml``, ``weights`` or (with ``resume``) ``last.pt`` is missing.
+        ValueError: ``model`` names a ``.pt`` file, or ``out_dir`` holds a finished run without ``overwrite``.
+    """
+    data_yaml = Path(data_yaml).resolve()
+    out_dir = Path(out_dir).resolve()
+    if not data_yaml.is_file():
+        raise FileNotFoundError(
+            f"YOLO dataset YAML not found: {data_yaml}; make it with `{EXPORT_HINT.format(work='WORK', fold='K')}`"
+        )
+    if str(model).endswith(".pt"):
+        raise ValueError(
+            f"model must be a model YAML such as 'yolov8n.yaml' (a .pt name would be downloaded), got {model!r}; "
+            "pass local pretrained weights with weights=PATH"
+        )
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"pretrained detector weights not found: {weights} (local files only)")
+    last = out_dir / "weights" / "last.pt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"cannot resume: {last} does not exist")
+    if not resume and (out_dir / "weights" / "best.pt").exists() and not overwrite:
+        raise ValueError(f"{out_dir} already holds a trained detector; pass --overwrite or --resume")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _set_run_env(out_dir)
+    if device is None:
+        import torch
+
+        device = "0" if torch.cuda.is_available() else "cpu"
+
+    from ultralytics import YOLO
+
+    if resume:
+        yolo = YOLO(str(last))
+        yolo.train(resume=True)
+    else:
+        yolo = YOLO(str(model), task="detect")
+        if weights is not None:
+            yolo.load(str(weights))
+        args = dict(
+            data=str(data_yaml),
+            imgsz=imgsz,
+            epochs=epochs,
+            batch=batch,
+            device=device,
+            workers=workers,
+            seed=seed,
+            amp=amp,
+            project=str(out_dir.parent),
+            name=out_dir.name,
+            exist_ok=True,
+            plots=True,
+            verbose=False,
+        )
+        args.update(overrides or {})
+        yolo.train(**args)
+    trainer = getattr(yolo, "trainer", None)
+    best = Path(trainer.best) if trainer is not None and getattr(trainer, "best", None) else out_dir / "weights/best.pt"
+    if not best.is_file():
+        best = last
+    logger.info("detector weights: %s", best)
+    return best

@@ -1,0 +1,28 @@
+# U-Net decoder over a timm features_only encoder; multi-label sigmoid output, BCE + Dice.
+norm_cfg = dict(type="BN", requires_grad=True)
+model = dict(
+    type="MultiLabelEncoderDecoder",
+    data_preprocessor=dict(type="GIDataPreProcessor"),
+    backbone=dict(
+        type="GITimmBackbone",
+        model_name="efficientnet_b0",
+        pretrained=None,  # local file of the timm model's weights; never downloaded
+        in_channels=3,
+        drop_path_rate=0.2,
+    ),
+    decode_head=dict(
+        type="GIUNetHead",
+        in_channels=[16, 24, 40, 112, 320],  # efficientnet_b0 features, strides 2..32
+        decoder_channels=(256, 128, 64, 32, 16),  # the 5th block reaches full resolution
+        num_classes=3,
+        dropout_ratio=0.0,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+        loss_decode=[
+            dict(type="MultiLabelBCELoss", loss_weight=1.0),
+            dict(type="MultiLabelDiceLoss", loss_weight=1.0),
+        ],
+    ),
+    train_cfg=dict(),
+    test_cfg=dict(mode="whole", threshold=0.5, tta=[]),
+)

@@ -1,0 +1,16 @@
+# MONAI DynUNet (nnU-Net style), multi-label: 3 sigmoid channels; input (B, 1, H, W, D).
+# Strides per level are (H, W, D): in-plane /16, depth /8, so patches are multiples of (16, 16, 8).
+model = dict(
+    type="DynUNet",
+    spatial_dims=3,
+    in_channels=1,
+    out_channels=3,
+    kernel_size=[3, 3, 3, 3, 3],
+    strides=[1, 2, 2, 2, (2, 2, 1)],
+    upsample_kernel_size=[2, 2, 2, (2, 2, 1)],
+    filters=[32, 64, 128, 256, 320],
+    norm_name=("INSTANCE", dict(affine=True)),
+    res_block=True,
+    deep_supervision=True,
+    deep_supr_num=2,
+)

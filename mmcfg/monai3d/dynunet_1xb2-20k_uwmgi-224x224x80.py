@@ -1,0 +1,3 @@
+# DynUNet (nnU-Net style, deep supervision), same data, schedule and inference as the SegResNet config.
+_base_ = ["./_base_/dynunet.py", "./_base_/uwmgi_3d.py", "./_base_/schedule_3d.py"]
+optimizer = dict(lr=1e-3)

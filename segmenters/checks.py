@@ -1,0 +1,179 @@
+"""Checks of user input made before any model is built or trained, each with a clear error.
+
+No mmseg import here: these run first, so that a bad work folder, fold, backbone name, pretrained path or
+checkpoint is reported in one sentence instead of a stack trace from deep inside mmengine.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from data_prep.constants import DEFAULT_FOLDS, SPLIT_VARIANTS
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint made by another config than the one given."""
+
+
+PREPARE_HINT = "python -m data_prep prepare --data-root DATA_ROOT --out {work}"
+
+
+def check_work(work: str | os.PathLike, need_masks: bool = True, need_splits: bool = True) -> Path:
+    """Check that ``work`` holds data_prep's output (docs/contracts.md, WORK folder).
+
+    Args:
+        work: the WORK folder.
+        need_masks: require ``masks/`` (training and evaluation).
+        need_splits: require ``splits/splits.json`` (any fold-based run).
+
+    Returns:
+        ``Path(work)``.
+
+    Raises:
+        FileNotFoundError: a required file is missing; the message names it and the command that makes it.
+    """
+    work = Path(work)
+    needed = [work / "prepare.json", work / "manifest.csv", work / "volumes"]
+    if need_masks:
+        needed.append(work / "masks")
+    if need_splits:
+        needed.append(work / "splits" / "splits.json")
+    missing = [p for p in needed if not p.exists()]
+    if missing:
+        names = ", ".join(str(p) for p in missing)
+        raise FileNotFoundError(
+            f"{work} does not hold data_prep's output (missing: {names}). Make it with "
+            f"`{PREPARE_HINT.format(work=work)}`, or pass the right folder with --work / "
+            "--cfg-options work=...; masks and splits exist only when the data root has train.csv."
+        )
+    return work
+
+
+def read_prepare(work: str | os.PathLike) -> dict[str, Any]:
+    """``WORK/prepare.json`` as a dict (stride, channels, ... as data_prep wrote them)."""
+    path = Path(work) / "prepare.json"
+    if not path.is_file():
+        check_work(work, need_masks=False, need_splits=False)
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def parse_folds(fold: str | int | None, n_folds: int = DEFAULT_FOLDS) -> list[int]:
+    """``"all"`` -> ``[0, ..., n_folds - 1]``; ``"3"`` or ``3`` -> ``[3]``.
+
+    Raises:
+        ValueError: anything else (a fold outside ``0..n_folds-1``).
+    """
+    if fold is None:
+        raise ValueError(f"fold must be 0..{n_folds - 1} or 'all', got None")
+    if isinstance(fold, str) and fold.strip().lower() == "all":
+        return list(range(n_folds))
+    try:
+        k = int(fold)
+    except (TypeError, ValueError):
+        k = None
+    if k is None or not 0 <= k < n_folds or (isinstance(fold, float) and fold != k):
+        raise ValueError(f"fold must be an integer in 0..{n_folds - 1} or 'all', got {fold!r}")
+    return [k]
+
+
+def check_variant(variant: str) -> str:
+    """Check a split variant name (``all``, ``notail``, ``noanno``)."""
+    if variant not in SPLIT_VARIANTS:
+        close = difflib.get_close_matches(str(variant), SPLIT_VARIANTS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"split variant must be one of {SPLIT_VARIANTS}, got {variant!r}.{hint}")
+    return variant
+
+
+def check_timm_name(name: str) -> str:
+    """Check that timm knows ``name``; otherwise answer with close timm model names.
+
+    Raises:
+        ValueError: unknown name (the message lists close matches from ``timm.list_models()``).
+    """
+    import timm
+
+    if timm.is_model(name):
+        return name
+    names = timm.list_models()
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    hint = f" Close timm names: {', '.join(close)}." if close else " See timm.list_models('*pattern*')."
+    raise ValueError(f"unknown timm backbone {name!r}.{hint}")
+
+
+def _walk(obj: Any, path: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _walk(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{path}[{i}]")
+    else:
+        yield path, obj
+
+
+def check_model_cfg(model_cfg: Mapping[str, Any]) -> None:
+    """Check a model config before building it: timm backbone names, and that every pretrained path exists.
+
+    Looks at ``backbone.model_name`` of timm backbones and at every ``pretrained`` / ``checkpoint`` /
+    ``checkpoint_path`` value that is a non-empty string.
+
+    Raises:
+        ValueError: unknown timm backbone.
+        FileNotFoundError: a pretrained file that does not exist (weights are never downloaded).
+    """
+    backbone = model_cfg.get("backbone", {}) or {}
+    if "model_name" in backbone:
+        check_timm_name(str(backbone["model_name"]))
+    for key, value in _walk(model_cfg, "model"):
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in ("pretrained", "checkpoint", "checkpoint_path") and isinstance(value, str) and value:
+            if "://" in value:
+                raise ValueError(
+                    f"{key} = {value!r} is a URL; weights are read from local files only. Download it yourself "
+                    "and give the local path."
+                )
+            if not Path(value).expanduser().is_file():
+                raise FileNotFoundError(
+                    f"pretrained weights not found: {value} (config key {key}). Give an existing local file, "
+                    f"or pretrained=None to train from scratch; nothing is downloaded."
+                )
+
+
+def check_state_dict_matches(
+    model_state: Mapping[str, Any], ckpt_state: Mapping[str, Any], checkpoint: str | os.PathLike, config: str
+) -> None:
+    """Refuse a checkpoint whose weights do not fit the model built from ``config``.
+
+    Keys are compared after stripping a leading ``module.``; a missing or unexpected parameter or a shape
+    mismatch means the checkpoint was made by another config.
+
+    Raises:
+        CheckpointMismatchError: (a ValueError) names the checkpoint, the config and the first differences.
+    """
+    ckpt = {k[7:] if k.startswith("module.") else k: v for k, v in ckpt_state.items()}
+    missing = [k for k in model_state if k not in ckpt and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in ckpt if k not in model_state]
+    shapes = [
+        f"{k}: {tuple(ckpt[k].shape)} vs {tuple(v.shape)}"
+        for k, v in model_state.items()
+        if k in ckpt and hasattr(ckpt[k], "shape") and hasattr(v, "shape") and tuple(ckpt[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape (e.g. {shapes[:2]})")
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint} does not match config {config}: " + "; ".join(parts) + ". It was made by "
+            "another config; pass the config it was trained with."
+        )

@@ -1,0 +1,337 @@
+"""Dataset, transforms and data preprocessor for 2.5D multi-label training on data_prep's WORK folder.
+
+Registered in mmseg's registries (``default_scope='mmseg'``):
+
+- ``GITractDataset``: one sample per slice of a fold's train or val side (``splits.json``), optionally with
+  crop boxes from a CSV (``id, x0, y0, x1, y1``);
+- ``LoadGIStack``: the 2.5D stack ``[z - s*k .. z + s*k]`` from the memory-mapped volume, normalised per stack,
+  and the 3-channel multi-label mask; ``GICropBox``; ``GIResize``;
+- ``AlbuSeg``: one albumentations pipeline (from the config) applied to image and 3-channel mask together;
+- ``PackGIInputs``: ``(C, H, W)`` float tensor + ``SegDataSample`` whose ``gt_sem_seg`` is ``(3, H, W)`` uint8;
+- ``GIDataPreProcessor``: stacks a batch (no mean/std: stacks are already scaled to ``[0, 1]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network at run time (albumentations' version check)
+
+import albumentations as A  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+from mmcv.transforms import BaseTransform
+from mmengine.dataset import BaseDataset
+from mmengine.model import BaseDataPreprocessor
+from mmengine.structures import PixelData
+from mmseg.registry import DATASETS, MODELS, TRANSFORMS
+from mmseg.structures import SegDataSample
+
+from data_prep.constants import CLASSES, SPLIT_VARIANTS
+from data_prep.volumes import load_mask, load_volume, unpack_mask
+from segmenters.checks import check_variant, check_work, parse_folds
+from segmenters.stacks import NORM_MODES, read_stack, resize_image
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "all")
+
+
+def read_boxes(path: str | Path) -> dict[str, tuple[int, int, int, int]]:
+    """Read a crop-box CSV (``id, x0, y0, x1, y1``, x1/y1 exclusive) into ``{slice id: box}``.
+
+    Raises:
+        FileNotFoundError / ValueError: missing file or columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"crop boxes not found: {path} (expected a CSV with columns id, x0, y0, x1, y1)")
+    df = pd.read_csv(path)
+    need = {"id", "x0", "y0", "x1", "y1"}
+    if not need <= set(df.columns):
+        raise ValueError(f"{path} must have columns {sorted(need)}, got {list(df.columns)}")
+    return {r.id: (int(r.x0), int(r.y0), int(r.x1), int(r.y1)) for r in df.itertuples(index=False)}
+
+
+def select_ids(work: str | Path, fold: int | None, split: str, variant: str = "all") -> list[str] | None:
+    """Slice ids of a fold's ``train`` (filtered by ``variant``) or ``val`` side; ``None`` = every slice.
+
+    Args:
+        work: WORK folder with ``splits/splits.json``.
+        fold: 0..n_folds-1, or None for every slice (``split='all'``).
+        split: ``train``, ``val`` or ``all``.
+        variant: training filter, one of ``SPLIT_VARIANTS``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "all" or fold is None:
+        return None
+    from data_prep.splits import read_splits
+
+    splits = read_splits(work)
+    n_folds = int(splits.get("n_folds", len(splits["folds"])))
+    (k,) = parse_folds(fold, n_folds)
+    entry = next(f for f in splits["folds"] if int(f["fold"]) == k)
+    if split == "val":
+        return list(entry["val"])
+    check_variant(variant)
+    if variant not in entry["train"]:
+        raise ValueError(f"{work}/splits/splits.json has no training variant {variant!r} (has {list(entry['train'])})")
+    return list(entry["train"][variant])
+
+
+@DATASETS.register_module()
+class GITractDataset(BaseDataset):
+    """Slices of a WORK folder for one fold and side, one sample per slice (2.5D stacks built at load time).
+
+    Args:
+        work: data_prep's WORK folder (``manifest.csv``, ``volumes/``, ``masks/``, ``splits/splits.json``).
+        fold: fold ``0..4`` (or None with ``split='all'``).
+        split: ``train`` (fold's training side, filtered by ``variant``), ``val`` (never filtered) or ``all``.
+        variant: ``all``, ``notail`` or ``noanno`` (training side only).
+        boxes: optional crop-box CSV (``id, x0, y0, x1, y1``); slices without a row use the whole image.
+        with_mask: read masks (training and validation); False for unlabeled test trees.
+        case_days: optional subset of case-days (e.g. for a quick check).
+        **kwargs: ``pipeline``, ``test_mode``, ``serialize_data``, ``lazy_init``, ... of mmengine's BaseDataset.
+    """
+
+    METAINFO = dict(classes=CLASSES)
+
+    def __init__(
+        self,
+        work: str,
+        fold: int | None = None,
+        split: str = "train",
+        variant: str = "all",
+        boxes: str | None = None,
+        with_mask: bool = True,
+        case_days: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if variant not in SPLIT_VARIANTS:
+            check_variant(variant)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.work = str(work)
+        self.fold = fold
+        self.split = split
+        self.variant = variant
+        self.boxes = boxes
+        self.with_mask = with_mask
+        self.case_days = list(case_days) if case_days else None
+        kwargs.setdefault("data_root", self.work)
+        super().__init__(**kwargs)
+
+    def load_data_list(self) -> list[dict]:
+        """One dict per slice: ``id, case_day, z, depth, height, width, work, box``."""
+        work = check_work(self.work, need_masks=self.with_mask, need_splits=self.split != "all")
+        manifest = pd.read_csv(work / "manifest.csv")
+        ids = select_ids(work, self.fold, self.split, self.variant)
+        if ids is not None:
+            keep = set(ids)
+            manifest = manifest[manifest["id"].isin(keep)]
+        if self.case_days is not None:
+            manifest = manifest[manifest["case_day"].isin(self.case_days)]
+        boxes = read_boxes(self.boxes) if self.boxes else {}
+        data_list = [
+            dict(
+                id=r.id,
+                case_day=r.case_day,
+                z=int(r.z),
+                depth=int(r.depth),
+                height=int(r.height),
+                width=int(r.width),
+                work=str(work),
+                box=boxes.get(r.id),
+            )
+            for r in manifest.itertuples(index=False)
+        ]
+        if not data_list:
+            raise ValueError(
+                f"no slices selected in {work} (fold={self.fold}, split={self.split}, variant={self.variant})"
+            )
+        logger.info(
+            "GITractDataset %s fold=%s %s/%s: %d slices", work, self.fold, self.split, self.variant, len(data_list)
+        )
+        return data_list
+
+
+@TRANSFORMS.register_module()
+class LoadGIStack(BaseTransform):
+    """Read the 2.5D stack and (optionally) the 3-channel mask of one slice from the memory-mapped WORK arrays.
+
+    Adds ``img`` float32 ``(H, W, channels)``, ``gt_masks`` uint8 ``(H, W, 3)`` (0/1, class order ``CLASSES``),
+    ``ori_shape`` and ``img_shape``.
+
+    Args:
+        stride: step between stacked slices (1st place: 2).
+        channels: stacked slices, odd (3 or 5).
+        norm: normalisation mode (``segmenters.stacks.NORM_MODES``; default ``max``: divide by the stack's max).
+        with_mask: also load the mask.
+    """
+
+    def __init__(self, stride: int = 2, channels: int = 3, norm: str = "max", with_mask: bool = True) -> None:
+        if norm not in NORM_MODES:
+            raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
+        self.stride, self.channels, self.norm, self.with_mask = int(stride), int(channels), norm, with_mask
+        self._vmax: dict[tuple[str, str], float] = {}
+
+    def transform(self, results: dict) -> dict:
+        work, cd, z = results["work"], results["case_day"], int(results["z"])
+        vol = load_volume(work, cd)
+        vmax = None
+        if self.norm == "volume_max":
+            key = (work, cd)
+            if key not in self._vmax:
+                self._vmax[key] = float(vol.max())
+            vmax = self._vmax[key]
+        img = read_stack(vol, z, self.stride, self.channels, self.norm, vmax)
+        results["img"] = img
+        if self.with_mask:
+            results["gt_masks"] = np.ascontiguousarray(
+                unpack_mask(np.asarray(load_mask(work, cd)[z])).transpose(1, 2, 0)
+            )
+        results["ori_shape"] = img.shape[:2]
+        results["img_shape"] = img.shape[:2]
+        return results
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(stride={self.stride}, channels={self.channels}, norm={self.norm!r})"
+
+
+@TRANSFORMS.register_module()
+class GICropBox(BaseTransform):
+    """Crop ``img`` and ``gt_masks`` to ``results['box']`` (``x0, y0, x1, y1``, x1/y1 exclusive, inside the
+    image; ``gating.crop.crop``); no box = whole image."""
+
+    def transform(self, results: dict) -> dict:
+        box = results.get("box")
+        if box is None:
+            return results
+        from gating.crop import crop
+
+        # gating.crop works on (..., H, W): crop channels-first views of the channels-last arrays
+        results["img"] = crop(results["img"].transpose(2, 0, 1), box).transpose(1, 2, 0)
+        if "gt_masks" in results:
+            results["gt_masks"] = crop(results["gt_masks"].transpose(2, 0, 1), box).transpose(1, 2, 0)
+        results["img_shape"] = results["img"].shape[:2]
+        return results
+
+
+@TRANSFORMS.register_module()
+class GIResize(BaseTransform):
+    """Resize ``img`` (bilinear) and ``gt_masks`` (nearest) to ``size`` = ``(H, W)``."""
+
+    def __init__(self, size: Sequence[int]) -> None:
+        self.size = (int(size[0]), int(size[1]))
+
+    def transform(self, results: dict) -> dict:
+        results["img"] = resize_image(results["img"], self.size)
+        if "gt_masks" in results:
+            results["gt_masks"] = resize_image(results["gt_masks"], self.size, nearest=True)
+        results["img_shape"] = self.size
+        return results
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
+def build_albu(cfg: dict | A.BasicTransform) -> A.BasicTransform:
+    """Build an albumentations transform from ``dict(type='Name', **kwargs)``; nested ``transforms`` lists
+    (``OneOf``, ``Compose``, ...) are built recursively."""
+    if not isinstance(cfg, dict):
+        return cfg
+    args = dict(cfg)
+    name = args.pop("type")
+    cls = getattr(A, name, None)
+    if cls is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, [n for n in dir(A) if n[:1].isupper()], n=3)
+        raise ValueError(f"unknown albumentations transform {name!r}; close names: {close}")
+    if "transforms" in args:
+        args["transforms"] = [build_albu(t) for t in args["transforms"]]
+    return cls(**args)
+
+
+@TRANSFORMS.register_module()
+class AlbuSeg(BaseTransform):
+    """Apply one albumentations pipeline to ``img`` and the 3-channel ``gt_masks`` together.
+
+    Args:
+        transforms: list of ``dict(type='HorizontalFlip', p=0.5)``-style configs (nested ``transforms`` for
+            ``OneOf``); geometric transforms move image and mask with the same parameters.
+        p: probability of applying the whole pipeline.
+    """
+
+    def __init__(self, transforms: Sequence[dict], p: float = 1.0) -> None:
+        self.transforms_cfg = list(transforms)
+        self.aug = A.Compose([build_albu(t) for t in transforms], p=p)
+
+    def transform(self, results: dict) -> dict:
+        kwargs = dict(image=results["img"])
+        if "gt_masks" in results:
+            kwargs["mask"] = results["gt_masks"]
+        out = self.aug(**kwargs)
+        results["img"] = np.ascontiguousarray(out["image"], dtype=np.float32)
+        if "gt_masks" in results:
+            results["gt_masks"] = np.ascontiguousarray(out["mask"], dtype=np.uint8)
+        results["img_shape"] = results["img"].shape[:2]
+        return results
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transforms_cfg})"
+
+
+@TRANSFORMS.register_module()
+class PackGIInputs(BaseTransform):
+    """Pack ``img`` as a float32 ``(C, H, W)`` tensor and ``gt_masks`` as ``gt_sem_seg`` ``(3, H, W)`` uint8."""
+
+    META_KEYS = ("id", "case_day", "z", "depth", "ori_shape", "img_shape", "box", "height", "width")
+
+    def transform(self, results: dict) -> dict:
+        img = torch.from_numpy(np.ascontiguousarray(results["img"].transpose(2, 0, 1), dtype=np.float32))
+        sample = SegDataSample()
+        if "gt_masks" in results:
+            gt = torch.from_numpy(np.ascontiguousarray(results["gt_masks"].transpose(2, 0, 1)))
+            sample.gt_sem_seg = PixelData(data=gt)
+        meta = {k: results[k] for k in self.META_KEYS if k in results}
+        meta["img_shape"] = tuple(img.shape[1:])
+        meta["ori_shape"] = tuple(img.shape[1:])  # metrics compare at the network size
+        sample.set_metainfo(meta)
+        return dict(inputs=img, data_samples=sample)
+
+
+@MODELS.register_module()
+class GIDataPreProcessor(BaseDataPreprocessor):
+    """Stack a batch of ``(C, H, W)`` float inputs to ``(N, C, H, W)`` on the model's device.
+
+    Args:
+        channels_last: return inputs in ``torch.channels_last`` memory format (faster convs with AMP on GPU).
+    """
+
+    def __init__(self, channels_last: bool = False, non_blocking: bool = True) -> None:
+        super().__init__(non_blocking=non_blocking)
+        self.channels_last = channels_last
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        data = self.cast_data(data)
+        inputs = data["inputs"]
+        if isinstance(inputs, (list, tuple)):
+            shapes = {tuple(t.shape) for t in inputs}
+            if len(shapes) != 1:
+                raise ValueError(f"all inputs of a batch must have one shape (add GIResize), got {sorted(shapes)}")
+            inputs = torch.stack(list(inputs))
+        inputs = inputs.float()
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        samples = data.get("data_samples")
+        if samples is not None:
+            for s in samples:
+                s.set_metainfo(dict(batch_input_shape=tuple(inputs.shape[2:])))
+        return dict(inputs=inputs, data_samples=samples)

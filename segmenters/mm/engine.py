@@ -1,0 +1,265 @@
+"""Training-run machinery on top of mmengine: atomic checkpoints, safe loading, training curves.
+
+- ``GIRunner``: a ``Runner`` whose checkpoints are written atomically (``common.engine.atomic_torch_save``:
+  a kill mid-write never leaves a truncated file for ``--resume`` to pick up) and in plain types, so that every
+  load (``load_from``, inference, even ``--resume``) works with ``weights_only=True``; ``load_from`` refuses a
+  checkpoint of another config; ``--resume`` falls back to the newest readable checkpoint of the work dir (and
+  unpickles fully only stock mmengine checkpoints of your own run).
+- ``TrainingCurveHook``: writes ``training_curve.png`` (loss, val metrics) in the work dir.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import mmengine.runner.runner as mm_runner_module
+import numpy as np
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
+from mmengine.runner.checkpoint import save_checkpoint as _mm_save_checkpoint
+from mmseg.registry import HOOKS, RUNNERS
+
+from common.engine import atomic_torch_save, atomic_write_bytes, is_main_process, load_trusted, load_weights
+from segmenters.checks import check_state_dict_matches
+
+logger = logging.getLogger(__name__)
+
+_ITER_RE = re.compile(r"iter_(\d+)\.pth$")
+
+
+_HB_KEY = "__history_buffer__"
+
+
+def to_plain(obj: Any) -> Any:
+    """Make a checkpoint loadable with ``torch.load(weights_only=True)``.
+
+    mmengine stores ``HistoryBuffer`` objects and numpy values in ``message_hub``; they become plain dicts,
+    lists and Python numbers (:func:`from_plain` restores the buffers on resume). Tensors are kept.
+    """
+    from mmengine.logging import HistoryBuffer
+
+    if isinstance(obj, HistoryBuffer):
+        logs, counts = obj.data
+        return {
+            _HB_KEY: True,
+            "log_history": np.asarray(logs).tolist(),
+            "count_history": np.asarray(counts).tolist(),
+            "max_length": int(obj.max_length),
+        }
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(to_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def from_plain(obj: Any) -> Any:
+    """Inverse of :func:`to_plain` for the message hub: plain buffer dicts become ``HistoryBuffer`` again."""
+    from mmengine.logging import HistoryBuffer
+
+    if isinstance(obj, dict):
+        if obj.get(_HB_KEY):
+            return HistoryBuffer(obj["log_history"], obj["count_history"], obj["max_length"])
+        return {k: from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_plain(v) for v in obj]
+    return obj
+
+
+def atomic_save_checkpoint(checkpoint: dict, filename: str, file_client_args: Any = None, backend_args: Any = None):
+    """Drop-in for ``mmengine.runner.checkpoint.save_checkpoint``: local files are written atomically, in a form
+    that ``torch.load(weights_only=True)`` reads (see :func:`to_plain`)."""
+    checkpoint = to_plain(checkpoint)
+    if "://" in str(filename):
+        return _mm_save_checkpoint(checkpoint, filename, file_client_args=file_client_args, backend_args=backend_args)
+    atomic_torch_save(checkpoint, filename)
+
+
+def load_full_checkpoint(filename: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """A full checkpoint (optimizer, schedulers, message hub) for resuming: ``weights_only=True`` for the files
+    this project writes, full unpickling (trusted: your own run) only for stock mmengine checkpoints."""
+    import torch
+
+    try:
+        checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
+    except Exception:  # noqa: BLE001 - an older / stock mmengine file: your own run, so trusted
+        checkpoint = load_trusted(filename, map_location=map_location)
+    if "message_hub" in checkpoint:
+        checkpoint["message_hub"] = from_plain(checkpoint["message_hub"])
+    return checkpoint
+
+
+def resume_candidates(work_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints of a work dir to resume from, newest first: ``last_checkpoint``'s target, then ``iter_*.pth``."""
+    work_dir = Path(work_dir)
+    out: list[Path] = []
+    last = work_dir / "last_checkpoint"
+    if last.is_file():
+        target = Path(last.read_text().strip())
+        if target.is_file():
+            out.append(target)
+    iters = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(_ITER_RE.search(p.name).group(1)), reverse=True)
+    out += [p for p in iters if p not in out]
+    return out
+
+
+@RUNNERS.register_module()
+class GIRunner(Runner):
+    """mmengine ``Runner`` with atomic checkpoint writes and safe, config-checked loading (see module doc)."""
+
+    _trusted_load = False
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        with mock.patch.object(mm_runner_module, "save_checkpoint", atomic_save_checkpoint):
+            super().save_checkpoint(*args, **kwargs)
+
+    def load_or_resume(self) -> None:
+        if self._has_loaded:
+            return None
+        if self._resume and self._load_from is None:
+            for cand in resume_candidates(self.work_dir):
+                try:
+                    load_full_checkpoint(cand, map_location="cpu")  # readable? (a truncated file fails here)
+                except Exception as e:  # noqa: BLE001 - try the next one
+                    self.logger.warning(f"cannot resume from {cand} ({type(e).__name__}: {e}); trying an older one")
+                    continue
+                self._load_from = str(cand)
+                break
+            if self._load_from is None:
+                self.logger.info(f"--resume: no checkpoint in {self.work_dir}; training from the start")
+                self._resume = False
+        return super().load_or_resume()
+
+    def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
+        self._trusted_load = True  # resuming your own run: optimizer state and history need full unpickling
+        try:
+            super().resume(filename, *args, **kwargs)
+        finally:
+            self._trusted_load = False
+        self.logger.info(f"resumed from {filename} at iteration {self.iter}")
+
+    def load_checkpoint(
+        self,
+        filename: str,
+        map_location: Any = "cpu",
+        strict: bool = False,
+        revise_keys: list | None = None,
+    ) -> dict:
+        revise_keys = revise_keys if revise_keys is not None else [(r"^module.", "")]
+        if self._trusted_load:
+            checkpoint = load_full_checkpoint(filename, map_location=map_location)
+            state = checkpoint.get("state_dict", checkpoint)
+        else:
+            state = load_weights(filename, map_location=map_location)
+            checkpoint = {"state_dict": state, "meta": {}}
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        check_state_dict_matches(model.state_dict(), state, filename, str(self.cfg.filename or "the current config"))
+        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+        checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
+        self._has_loaded = True
+        self.logger.info(f"Load checkpoint from {filename}")
+        return checkpoint
+
+
+def plot_curves(path: str | os.PathLike, loss: tuple[np.ndarray, np.ndarray], val: dict[str, list]) -> Path:
+    """Write a PNG with the training loss (left) and validation metrics (right) against the iteration.
+
+    Args:
+        path: output PNG (written atomically).
+        loss: ``(iterations, values)``.
+        val: ``{"iter": [...], metric: [...]}``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps, values = loss
+    if len(values):
+        axes[0].plot(steps, values, lw=0.6, alpha=0.5, label="loss")
+        k = max(1, len(values) // 50)
+        if k > 1:
+            smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+            axes[0].plot(steps[k - 1 :], smooth, lw=1.5, label=f"loss (mean of {k})")
+    axes[0].set_xlabel("iteration")
+    axes[0].set_title("training loss", fontsize=10)
+    axes[0].legend(fontsize=8)
+    for name, series in val.items():
+        if name != "iter":
+            axes[1].plot(val["iter"], series, marker="o", label=name)
+    axes[1].set_xlabel("iteration")
+    axes[1].set_title("validation", fontsize=10)
+    if len(val) > 1:
+        axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+@HOOKS.register_module()
+class TrainingCurveHook(Hook):
+    """Write ``{work_dir}/training_curve.png`` after each validation and at the end of training (rank 0).
+
+    The loss history comes from the message hub (restored on ``--resume``); validation points are kept in
+    the message hub's runtime info, so the curve continues across resumed runs.
+
+    Args:
+        keys: validation metric keys to plot (without the ``val/`` prefix).
+        filename: PNG name inside the work dir.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, keys: tuple[str, ...] = ("gi/score", "gi/dice"), filename: str = "training_curve.png") -> None:
+        self.keys = tuple(keys)
+        self.filename = filename
+
+    def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
+        if metrics:
+            hist = dict(runner.message_hub.get_info("gi_val_history", None) or {"iter": []})
+            hist = {k: list(v) for k, v in hist.items()}
+            hist["iter"].append(int(runner.iter))
+            for k in self.keys:
+                if k in metrics:
+                    hist.setdefault(k, []).append(float(metrics[k]))
+            runner.message_hub.update_info("gi_val_history", hist, resumed=True)
+        self._write(runner)
+
+    def after_train(self, runner: Runner) -> None:
+        self._write(runner)
+
+    def _write(self, runner: Runner) -> None:
+        if not is_main_process():
+            return
+        try:
+            buf = runner.message_hub.get_scalar("train/loss")
+            values = np.asarray(buf.data[0], dtype=float)
+        except KeyError:
+            values = np.zeros(0)
+        steps = np.arange(int(runner.iter) - len(values) + 1, int(runner.iter) + 1)
+        val = runner.message_hub.get_info("gi_val_history", None) or {"iter": []}
+        val = {k: v for k, v in val.items() if k == "iter" or len(v) == len(val["iter"])}
+        try:
+            plot_curves(Path(runner.work_dir) / self.filename, (steps, values), val)
+        except Exception as e:  # noqa: BLE001 - a plot must never stop training
+            runner.logger.warning(f"could not write the training curve: {e}")

@@ -1,0 +1,452 @@
+"""3D segmenters with MONAI (SegResNet, DynUNet) on whole case-day volumes: the pieces shared by training
+(:mod:`segmenters.monai3d_train`) and inference (:mod:`segmenters.infer_3d`).
+
+Layout conventions:
+
+- a case-day volume on disk is ``uint16 (D, H, W)`` (data_prep's ``WORK/volumes/{case_day}.npy``), its mask a
+  ``uint8 (D, H, W)`` bit field (bit ``c`` = ``CLASSES[c]``);
+- inside the 3D models a volume is MONAI's channel-first ``(C, H, W, D)`` (a batch ``(B, C, H, W, D)``), so the
+  config's patch sizes read ``H x W x D`` like the config names (``-224x224x80``);
+- every volume is resampled **in-plane** to a fixed size (or a fixed pixel spacing) before the model and back to
+  each slice's original ``H x W`` afterwards; the depth is never resampled (80- and 144-slice case-days both work:
+  patches larger than a volume are padded).
+
+Configs are plain python files read by ``mmengine.Config`` (``mmcfg/monai3d/``); every function here takes the
+loaded config (any mapping).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_prep.constants import CLASSES, NUM_CLASSES, case_day_of
+from data_prep.volumes import mask_path, unpack_mask, volume_path
+
+logger = logging.getLogger(__name__)
+
+#: Model types this module builds (any other ``monai.networks.nets`` name is accepted too, unchecked).
+MODEL_TYPES: tuple[str, ...] = ("SegResNet", "DynUNet")
+NORM_MODES: tuple[str, ...] = ("percentile", "max", "zscore")
+RESAMPLE_MODES: tuple[str, ...] = ("size", "spacing", "none")
+
+PREPARE_HINT = "python -m data_prep prepare --data-root DATA_ROOT --out WORK"
+EXPORT_3D_HINT = "python -m data_prep export 3d --work WORK"
+
+
+def cfg_get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """``cfg[key]`` for a dict or an mmengine ``Config``, ``default`` when absent."""
+    try:
+        value = cfg[key]
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None and default is not None else value
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain python copy (dicts, lists) of an mmengine ``ConfigDict`` / ``Config`` value."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_dict(v) for v in obj) if isinstance(obj, tuple) else [to_dict(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# intensity and resampling: pure functions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def normalize_intensity(
+    volume: np.ndarray, mode: str = "percentile", percentiles: Sequence[float] = (0.0, 99.5)
+) -> np.ndarray:
+    """Per-volume intensity normalisation.
+
+    Args:
+        volume: any shape, any real dtype (uint16 scans).
+        mode: ``"percentile"``: ``(v - p_lo) / (p_hi - p_lo)`` clipped to ``[0, 1]``; ``"max"``: ``v / max(v)``
+            (the 1st place's 2.5D rule); ``"zscore"``: ``(v - mean) / std``.
+        percentiles: ``(lo, hi)`` for ``"percentile"``, in ``[0, 100]``.
+
+    Returns:
+        float32 array of the same shape; a constant volume gives zeros.
+
+    >>> normalize_intensity(np.array([0, 50, 100], dtype=np.uint16), "max").tolist()
+    [0.0, 0.5, 1.0]
+    """
+    v = np.asarray(volume, dtype=np.float32)
+    if mode == "max":
+        m = float(v.max()) if v.size else 0.0
+        return v / m if m > 0 else np.zeros_like(v)
+    if mode == "zscore":
+        std = float(v.std()) if v.size else 0.0
+        return (v - float(v.mean())) / std if std > 0 else np.zeros_like(v)
+    if mode == "percentile":
+        lo_q, hi_q = (float(p) for p in percentiles)
+        if not 0.0 <= lo_q < hi_q <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {tuple(percentiles)}")
+        flat = v.reshape(-1)
+        if flat.size > 2_000_000:  # a deterministic subsample is plenty for two quantiles
+            flat = flat[:: flat.size // 1_000_000]
+        lo, hi = np.percentile(flat, [lo_q, hi_q]) if flat.size else (0.0, 0.0)
+        if hi <= lo:
+            return np.zeros_like(v)
+        return np.clip((v - lo) / (hi - lo), 0.0, 1.0, dtype=np.float32)
+    raise ValueError(f"norm mode must be one of {NORM_MODES}, got {mode!r}")
+
+
+def target_hw(
+    hw: Sequence[int], resample: Mapping[str, Any], spacing: Sequence[float] | None = None
+) -> tuple[int, int]:
+    """In-plane size ``(h, w)`` a volume of slice size ``hw = (H, W)`` is resampled to.
+
+    Args:
+        hw: ``(H, W)`` of the original slices.
+        resample: ``{"mode": "size", "size": (h, w)}`` (fixed size, the default), ``{"mode": "spacing",
+            "pixdim": (sy, sx)}`` (mm per pixel; needs ``spacing``) or ``{"mode": "none"}``.
+        spacing: ``(sy, sx)`` or ``(sz, sy, sx)`` mm of the original slices (only for ``"spacing"``).
+
+    >>> target_hw((310, 360), {"mode": "size", "size": (256, 256)})
+    (256, 256)
+    >>> target_hw((266, 266), {"mode": "spacing", "pixdim": (3.0, 3.0)}, spacing=(3.0, 1.5, 1.5))
+    (133, 133)
+    """
+    mode = resample.get("mode", "size")
+    if mode == "none":
+        return int(hw[0]), int(hw[1])
+    if mode == "size":
+        size = resample.get("size")
+        if size is None or len(size) != 2 or min(size) < 1:
+            raise ValueError(f"resample size must be (h, w) with positive ints, got {size!r}")
+        return int(size[0]), int(size[1])
+    if mode == "spacing":
+        if spacing is None:
+            raise ValueError("resample mode 'spacing' needs the volume's pixel spacing; pass spacing=(sy, sx)")
+        sy, sx = (float(s) for s in tuple(spacing)[-2:])
+        ty, tx = (float(s) for s in resample["pixdim"])
+        return max(1, round(hw[0] * sy / ty)), max(1, round(hw[1] * sx / tx))
+    raise ValueError(f"resample mode must be one of {RESAMPLE_MODES}, got {mode!r}")
+
+
+def resize_hw(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """Resample a channel-first volume in-plane; the depth is kept.
+
+    Args:
+        x: float tensor ``(C, H, W, D)``.
+        size: ``(h, w)``.
+        mode: ``"bilinear"`` (antialiased when shrinking) or ``"nearest"``.
+
+    Returns:
+        ``(C, h, w, D)``, same dtype and device; ``x`` itself when the size already matches.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected a (C, H, W, D) tensor, got shape {tuple(x.shape)}")
+    h, w = int(size[0]), int(size[1])
+    if tuple(x.shape[1:3]) == (h, w):
+        return x
+    y = x.permute(3, 0, 1, 2)  # (D, C, H, W): in-plane 2D resampling per slice
+    if mode == "bilinear":
+        shrink = h < x.shape[1] or w < x.shape[2]
+        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+    elif mode == "nearest":
+        y = F.interpolate(y, size=(h, w), mode="nearest-exact")
+    else:
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    return y.permute(1, 2, 3, 0).contiguous()
+
+
+def preprocess_image(
+    volume: np.ndarray,
+    cfg: Mapping[str, Any],
+    spacing: Sequence[float] | None = None,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """A ``(D, H, W)`` scan as the model's input ``float32 (1, h, w, D)``: normalised, resampled in-plane
+    (on ``device`` when given, else on the CPU)."""
+    if volume.ndim != 3:
+        raise ValueError(f"expected a volume (D, H, W), got shape {volume.shape}")
+    data = cfg_get(cfg, "data", {})
+    norm = dict(cfg_get(data, "norm", {}) or {})
+    v = normalize_intensity(volume, norm.get("mode", "percentile"), norm.get("percentiles", (0.0, 99.5)))
+    x = torch.from_numpy(np.ascontiguousarray(v.transpose(1, 2, 0)))[None]  # (1, H, W, D)
+    if device is not None:
+        x = x.to(device)
+    hw = target_hw(volume.shape[1:], dict(cfg_get(data, "resample", {"mode": "size", "size": (256, 256)})), spacing)
+    return resize_hw(x, hw)
+
+
+def preprocess_label(mask: np.ndarray, hw: Sequence[int]) -> torch.Tensor:
+    """A ``uint8 (D, H, W)`` bit-field mask as ``float32 (3, h, w, D)`` binary channels at in-plane size ``hw``."""
+    if mask.ndim != 3:
+        raise ValueError(f"expected a mask (D, H, W), got shape {mask.shape}")
+    y = torch.from_numpy(unpack_mask(np.asarray(mask)).transpose(1, 2, 3, 0).astype(np.float32))  # (3, H, W, D)
+    if tuple(y.shape[1:3]) != tuple(hw):
+        y = (resize_hw(y, hw) > 0.5).float()
+    return y
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model and loss
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def downsample_factors(model_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    """How much the network shrinks each axis ``(H, W, D)``: patch sizes must be multiples of it."""
+    typ = model_cfg.get("type")
+    if typ == "SegResNet":
+        f = 2 ** (len(model_cfg.get("blocks_down", (1, 2, 2, 4))) - 1)
+        return f, f, f
+    if typ == "DynUNet":
+        out = [1, 1, 1]
+        for s in model_cfg["strides"]:
+            s3 = (s, s, s) if isinstance(s, int) else tuple(s)
+            out = [a * int(b) for a, b in zip(out, s3)]
+        return out[0], out[1], out[2]
+    return 1, 1, 1
+
+
+def check_roi(roi_size: Sequence[int], model_cfg: Mapping[str, Any], what: str = "roi_size") -> tuple[int, int, int]:
+    """Validate a patch size ``(H, W, D)`` against the model; returns it as a tuple of ints."""
+    roi = tuple(int(r) for r in roi_size)
+    if len(roi) != 3 or min(roi) < 1:
+        raise ValueError(f"{what} must be (H, W, D) with positive ints, got {tuple(roi_size)}")
+    fac = downsample_factors(model_cfg)
+    bad = [(r, f) for r, f in zip(roi, fac) if r % f]
+    if bad:
+        raise ValueError(
+            f"{what} {roi} must be a multiple of {fac} for {model_cfg.get('type')} (its downsampling per axis); "
+            f"e.g. {tuple(max(f, r // f * f) for r, f in zip(roi, fac))}"
+        )
+    return roi  # type: ignore[return-value]
+
+
+def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """A MONAI network from ``model = dict(type="SegResNet" | "DynUNet", **kwargs)``.
+
+    ``out_channels`` must equal ``len(CLASSES)`` (multi-label sigmoid outputs, one channel per class).
+    """
+    import monai.networks.nets as nets
+
+    kwargs = to_dict(dict(model_cfg))
+    typ = kwargs.pop("type", None)
+    if not typ or not hasattr(nets, typ):
+        names = [n for n in dir(nets) if n[:1].isupper()]
+        close = difflib.get_close_matches(str(typ), names, n=3)
+        raise ValueError(
+            f"unknown model type {typ!r}; expected one of {MODEL_TYPES}" + (f" (close: {close})" if close else "")
+        )
+    if kwargs.get("out_channels", NUM_CLASSES) != NUM_CLASSES:
+        raise ValueError(f"out_channels must be {NUM_CLASSES} (one sigmoid channel per class in {CLASSES})")
+    kwargs.setdefault("out_channels", NUM_CLASSES)
+    kwargs.setdefault("in_channels", 1)
+    kwargs.setdefault("spatial_dims", 3)
+    return getattr(nets, typ)(**kwargs)
+
+
+class DiceBCELoss(nn.Module):
+    """Multi-label loss: ``lambda_dice * DiceLoss(sigmoid) + lambda_bce * BCEWithLogits``.
+
+    (MONAI's ``DiceCELoss`` uses a softmax cross-entropy for more than one channel, which is wrong for
+    overlapping classes; this pairs its sigmoid Dice with a per-channel BCE.) Deep-supervision outputs
+    ``(B, S, C, ...)`` (DynUNet in training) are supported: head ``i`` weighs ``0.5 ** i``.
+
+    Args:
+        lambda_dice, lambda_bce: weights (>= 0, not both 0).
+        batch: Dice over the whole batch (True) or per sample.
+        smooth_nr, smooth_dr: Dice smoothing.
+    """
+
+    def __init__(
+        self,
+        lambda_dice: float = 1.0,
+        lambda_bce: float = 1.0,
+        batch: bool = True,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        if lambda_dice < 0 or lambda_bce < 0 or lambda_dice + lambda_bce == 0:
+            raise ValueError(f"loss weights must be >= 0 and not both 0, got dice={lambda_dice} bce={lambda_bce}")
+        self.lambda_dice, self.lambda_bce = float(lambda_dice), float(lambda_bce)
+        self.dice = DiceLoss(sigmoid=True, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def _one(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = logits.new_zeros(())
+        if self.lambda_dice:
+            loss = loss + self.lambda_dice * self.dice(logits, target)
+        if self.lambda_bce:
+            loss = loss + self.lambda_bce * self.bce(logits, target)
+        return loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits (B, C, H, W, D)`` (or ``(B, S, C, H, W, D)``), ``target`` float ``(B, C, H, W, D)``."""
+        target = target.to(logits.dtype)
+        if logits.ndim == target.ndim + 1:
+            weights = [0.5**i for i in range(logits.shape[1])]
+            total = sum(w * self._one(logits[:, i], target) for i, w in enumerate(weights))
+            return total / sum(weights)
+        return self._one(logits, target)
+
+
+def build_loss(loss_cfg: Mapping[str, Any] | None) -> nn.Module:
+    """``loss = dict(type="DiceBCELoss", lambda_dice=1., lambda_bce=1.)`` or ``dict(type="DiceLoss")``."""
+    kwargs = to_dict(dict(loss_cfg or {}))
+    typ = kwargs.pop("type", "DiceBCELoss")
+    if typ == "DiceBCELoss":
+        return DiceBCELoss(**kwargs)
+    if typ == "DiceLoss":
+        return DiceBCELoss(lambda_dice=1.0, lambda_bce=0.0, **kwargs)
+    raise ValueError(f"loss type must be 'DiceBCELoss' or 'DiceLoss', got {typ!r}")
+
+
+def dice_per_class(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """3D Dice per channel of binary ``(C, ...)`` tensors; ``nan`` where both are empty.
+
+    >>> t = torch.zeros(2, 4); t[0, :2] = 1
+    >>> dice_per_class(t, t)[0], math.isnan(dice_per_class(t, t)[1])
+    (1.0, True)
+    """
+    p = pred.reshape(pred.shape[0], -1).bool()
+    t = target.reshape(target.shape[0], -1).bool()
+    inter = (p & t).sum(1).double()
+    denom = p.sum(1).double() + t.sum(1).double()
+    return [float(2 * i / d) if d > 0 else math.nan for i, d in zip(inter.tolist(), denom.tolist())]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data_prep's WORK folder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_manifest(work: str | os.PathLike) -> Any:
+    """``WORK/manifest.csv`` as a DataFrame (needs ``id, case_day, z``), sorted by case-day and z."""
+    import pandas as pd
+
+    path = Path(work) / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: make the WORK folder with `{PREPARE_HINT}`")
+    df = pd.read_csv(path)
+    missing = {"id", "case_day", "z"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path} lacks columns {sorted(missing)}; re-run `{PREPARE_HINT} --overwrite`")
+    return df.sort_values(["case_day", "z"], kind="stable").reset_index(drop=True)
+
+
+def read_splits(work: str | os.PathLike) -> dict[str, Any]:
+    """``WORK/splits/splits.json`` (see docs/contracts.md)."""
+    path = Path(work) / "splits" / "splits.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the folds are written by `{PREPARE_HINT}`")
+    with open(path) as f:
+        return json.load(f)
+
+
+def fold_case_days(splits: Mapping[str, Any], fold: int) -> tuple[list[str], list[str]]:
+    """``(train, val)`` case-days of ``fold``: train = case-days of the fold's ``train["all"]`` slice ids
+    (faulty case-days already dropped by data_prep), val = case-days of its ``val`` ids. Sorted."""
+    folds = {int(f["fold"]): f for f in splits["folds"]}
+    if fold not in folds:
+        raise ValueError(f"fold {fold} not in splits.json (folds: {sorted(folds)})")
+    f = folds[fold]
+    train = sorted({case_day_of(i) for i in f["train"]["all"]})
+    val = sorted({case_day_of(i) for i in f["val"]})
+    overlap = set(train) & set(val)
+    if overlap:
+        raise ValueError(f"fold {fold}: case-days in both train and val: {sorted(overlap)[:5]}")
+    return train, val
+
+
+def _collect_entries(obj: Any, out: dict[str, dict[str, Any]]) -> None:
+    if isinstance(obj, Mapping):
+        if "case_day" in obj and "image" in obj:
+            out.setdefault(str(obj["case_day"]), dict(obj))
+            return
+        for v in obj.values():
+            _collect_entries(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _collect_entries(v, out)
+
+
+def load_3d_datalist(work: str | os.PathLike, fold: int | None = None) -> dict[str, dict[str, Any]]:
+    """Every case-day entry of data_prep's 3D export, keyed by case-day.
+
+    Reads ``WORK/exports/3d/fold_{fold}/datalist.json`` (what ``python -m data_prep export 3d`` writes), else
+    any ``WORK/exports/3d/fold_*/datalist.json`` and ``WORK/exports/3d/datalist.json``. Entries are
+    ``{"case_day", "image", "label", "spacing": [z, y, x]}``; relative paths are resolved against the export
+    folder, then WORK. Fold membership comes from ``splits.json``, not from these files.
+
+    Raises:
+        FileNotFoundError: no export (the message names the commands that make it).
+    """
+    work = Path(work)
+    root = work / "exports" / "3d"
+    paths = [root / f"fold_{fold}" / "datalist.json"] if fold is not None else []
+    paths = [p for p in paths if p.is_file()] or sorted(root.glob("fold_*/datalist.json"))
+    if (root / "datalist.json").is_file():
+        paths.append(root / "datalist.json")
+    if not paths:
+        if not (work / "manifest.csv").is_file():
+            raise FileNotFoundError(
+                f"no 3D export under {root} and {work} is not a prepared WORK folder: run `{PREPARE_HINT}`, "
+                f"then `{EXPORT_3D_HINT}`"
+            )
+        raise FileNotFoundError(f"3D export {root}/fold_*/datalist.json not found: make it with `{EXPORT_3D_HINT}`")
+    entries: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        with open(path) as f:
+            raw = json.load(f)
+        found: dict[str, dict[str, Any]] = {}
+        _collect_entries(raw, found)
+        for e in found.values():
+            for key in ("image", "label"):
+                if e.get(key) is None:
+                    continue
+                p = Path(e[key])
+                if not p.is_absolute():
+                    p = next((c for c in (path.parent / p, work / p) if c.exists()), work / p)
+                e[key] = str(p)
+        for cd, e in found.items():
+            entries.setdefault(cd, e)
+    if not entries:
+        raise ValueError(f"{paths} list no case-day entries ({{'case_day', 'image', ...}}); re-run `{EXPORT_3D_HINT}`")
+    return entries
+
+
+def load_case_day(
+    work: str | os.PathLike, case_day: str, entries: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
+    """``(volume uint16 (D, H, W) memmap, mask uint8 (D, H, W) bit-field memmap or None, spacing or None)``."""
+    e = (entries or {}).get(case_day)
+    img = Path(e["image"]) if e else volume_path(work, case_day)
+    lab = Path(e["label"]) if e and e.get("label") else mask_path(work, case_day)
+    if not img.is_file():
+        raise FileNotFoundError(f"volume {img} of {case_day} not found: re-run `{PREPARE_HINT}`")
+    volume = np.load(img, mmap_mode="r")
+    mask = np.load(lab, mmap_mode="r") if lab.is_file() else None
+    if mask is not None and mask.shape != volume.shape:
+        raise ValueError(f"mask {lab} has shape {mask.shape}, volume {img} has {volume.shape}; re-run `{PREPARE_HINT}`")
+    spacing = tuple(float(s) for s in e["spacing"]) if e and e.get("spacing") is not None else None
+    return volume, mask, spacing
+
+
+def work_dir_for(config_path: str | os.PathLike, fold: int, root: str | os.PathLike | None = None) -> Path:
+    """``work_dirs/{config stem}/fold_{k}`` under the repository (or under ``root``)."""
+    from data_prep.constants import REPO_ROOT
+
+    base = Path(root) if root is not None else REPO_ROOT / "work_dirs" / Path(config_path).stem
+    return base / f"fold_{fold}"

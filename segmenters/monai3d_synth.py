@@ -1,0 +1,157 @@
+"""A tiny WORK folder in data_prep's layout (docs/contracts.md), with synthetic 3D anatomy, for the 3D segmenters'
+tests, demo and benchmark: volumes, bit-field masks, manifest.csv, splits/splits.json, exports/3d/fold_0/datalist.json.
+
+Each case-day holds three bright ellipsoids (one per class, stomach and large bowel may overlap) on a noisy
+background, so a small network can learn them in a few iterations. The real pipeline makes WORK with
+``python -m data_prep prepare`` / ``export 3d``; this module only mirrors the files those write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.constants import CLASSES, slice_id
+
+#: Class intensities (uint16) of the synthetic anatomy, in CLASSES order.
+_INTENSITY = (1400, 2200, 3000)
+
+
+def synth_case_day(
+    depth: int, height: int, width: int, rng: np.random.Generator, empty: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic case-day: ``(volume uint16 (D, H, W), mask uint8 (D, H, W) bit field)``.
+
+    Ellipsoids span about a third of each axis; ``empty=True`` gives noise and an all-zero mask.
+    """
+    vol = rng.normal(400, 60, size=(depth, height, width)).clip(0, None)
+    mask = np.zeros((depth, height, width), dtype=np.uint8)
+    if not empty:
+        zz, yy, xx = np.meshgrid(
+            np.arange(depth) / max(depth - 1, 1),
+            np.arange(height) / max(height - 1, 1),
+            np.arange(width) / max(width - 1, 1),
+            indexing="ij",
+        )
+        for c in range(len(CLASSES)):
+            center = rng.uniform(0.3, 0.7, size=3)
+            radius = rng.uniform(0.12, 0.22, size=3)
+            inside = ((zz - center[0]) / radius[0]) ** 2 + ((yy - center[1]) / radius[1]) ** 2 + (
+                (xx - center[2]) / radius[2]
+            ) ** 2 <= 1.0
+            mask[inside] |= np.uint8(1 << c)
+            vol[inside] += _INTENSITY[c]
+    return vol.astype(np.uint16), mask
+
+
+def make_synthetic_work(
+    root: str | os.PathLike,
+    n_cases: int = 5,
+    days_per_case: int = 1,
+    sizes: Sequence[tuple[int, int]] = ((48, 48),),
+    depths: Sequence[int] = (16,),
+    n_folds: int = 5,
+    seed: int = 0,
+    spacing: tuple[float, float, float] = (3.0, 1.5, 1.5),
+) -> Path:
+    """Write a WORK folder with ``n_cases * days_per_case`` synthetic case-days and return its path.
+
+    Args:
+        root: the WORK folder to create (must not hold a manifest yet).
+        n_cases: cases; fold ``k`` validates on cases ``k, k + n_folds, ...`` (grouped by case).
+        days_per_case: case-days per case.
+        sizes: ``(W, H)`` slice sizes, cycled over case-days (the Kaggle convention: width first).
+        depths: slice counts, cycled over case-days.
+        n_folds: folds in splits.json.
+        seed: random seed.
+        spacing: ``(z, y, x)`` mm written to the 3D datalist and ``px_h``/``px_w`` of the manifest.
+
+    Returns:
+        ``Path(root)``.
+    """
+    import pandas as pd
+
+    root = Path(root)
+    if (root / "manifest.csv").exists():
+        raise FileExistsError(f"{root}/manifest.csv exists; choose an empty folder")
+    for sub in ("volumes", "masks", "splits", "exports/3d"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows, entries, by_case = [], {}, {}
+    k = 0
+    for case in range(1, n_cases + 1):
+        for day in range(days_per_case):
+            w, h = sizes[k % len(sizes)]
+            depth = depths[k % len(depths)]
+            k += 1
+            cd = f"case{case}_day{day}"
+            vol, mask = synth_case_day(depth, h, w, rng)
+            np.save(root / "volumes" / f"{cd}.npy", vol)
+            np.save(root / "masks" / f"{cd}.npy", mask)
+            entries[cd] = {
+                "case_day": cd,
+                "image": str(root / "volumes" / f"{cd}.npy"),
+                "label": str(root / "masks" / f"{cd}.npy"),
+                "spacing": list(spacing),
+            }
+            by_case.setdefault(case, []).append(cd)
+            for z in range(depth):
+                row = {
+                    "id": slice_id(case, day, z + 1),
+                    "case": case,
+                    "day": day,
+                    "slice": z + 1,
+                    "case_day": cd,
+                    "path": "",
+                    "width": w,
+                    "height": h,
+                    "px_w": spacing[2],
+                    "px_h": spacing[1],
+                    "z": z,
+                    "depth": depth,
+                }
+                for c, name in enumerate(CLASSES):
+                    area = int(((mask[z] >> c) & 1).sum())
+                    row[f"has_{name}"] = int(area > 0)
+                    row[f"area_{name}"] = area
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    df.to_csv(root / "manifest.csv", index=False)
+    ids_of = df.groupby("case_day")["id"].apply(list).to_dict()
+    folds = []
+    for f in range(n_folds):
+        val_cases = [c for c in by_case if (c - 1) % n_folds == f]
+        val_ids = [i for c in val_cases for cd in by_case[c] for i in ids_of[cd]]
+        train_ids = [i for c in by_case if c not in val_cases for cd in by_case[c] for i in ids_of[cd]]
+        folds.append(
+            {
+                "fold": f,
+                "val_cases": val_cases,
+                "val": val_ids,
+                "train": {"all": train_ids, "notail": train_ids, "noanno": train_ids},
+            }
+        )
+    splits = {
+        "version": 1,
+        "n_folds": n_folds,
+        "seed": seed,
+        "method": "group",
+        "tail": 5,
+        "tail_before": 0,
+        "faulty_case_days": [],
+        "folds": folds,
+    }
+    (root / "splits" / "splits.json").write_text(json.dumps(splits))
+    val0 = {cd for c in folds[0]["val_cases"] for cd in by_case[c]}
+    datalist = {
+        "fold": 0,
+        "training": [e for cd, e in entries.items() if cd not in val0],
+        "validation": [e for cd, e in entries.items() if cd in val0],
+    }
+    (root / "exports" / "3d" / "fold_0").mkdir(parents=True, exist_ok=True)
+    (root / "exports" / "3d" / "fold_0" / "datalist.json").write_text(json.dumps(datalist, indent=1))
+    return root

@@ -1,0 +1,183 @@
+"""Train a 2.5D segmenter fold by fold with mmengine (the library side of ``tools/train.py``).
+
+>>> # train(["mmcfg/unet/unet_effb0_1xb4-40_gitract-128x128.py"], fold="0", work="work")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from data_prep.constants import DEFAULT_FOLDS, REPO_ROOT
+from segmenters.checks import check_model_cfg, check_variant, check_work, parse_folds
+from segmenters.configs import config_name, load_config
+
+logger = logging.getLogger(__name__)
+
+DONE_FILE = "done.json"
+
+
+def default_work_dir(config: str | os.PathLike, fold: int) -> Path:
+    """``work_dirs/{config name}/fold_{k}`` under the repository."""
+    return REPO_ROOT / "work_dirs" / config_name(config) / f"fold_{fold}"
+
+
+def has_checkpoints(work_dir: Path) -> bool:
+    """True when ``work_dir`` holds checkpoints of an earlier run."""
+    return work_dir.is_dir() and (any(work_dir.glob("*.pth")) or (work_dir / "last_checkpoint").exists())
+
+
+def _clear_run(work_dir: Path) -> None:
+    for p in list(work_dir.glob("*.pth")) + [work_dir / "last_checkpoint", work_dir / DONE_FILE]:
+        p.unlink(missing_ok=True)
+
+
+def build_train_cfg(
+    config: str | os.PathLike,
+    fold: int,
+    work: str | os.PathLike | None = None,
+    split_variant: str | None = None,
+    work_dir: str | os.PathLike | None = None,
+    cfg_options: Mapping[str, Any] | None = None,
+    amp: bool = False,
+    resume: bool = False,
+    launcher: str = "none",
+) -> Any:
+    """The checked mmengine config of one fold's run (no model built yet).
+
+    Checks, in order: WORK holds data_prep's output (with masks and splits), the split variant, timm
+    backbone names and pretrained files.
+
+    Raises:
+        FileNotFoundError / ValueError: bad input, with what to do about it.
+    """
+    cfg = load_config(
+        config, cfg_options, work=str(work) if work else None, fold=int(fold), split_variant=split_variant
+    )
+    check_work(cfg.work, need_masks=True, need_splits=True)
+    check_variant(cfg.get("split_variant", "all"))
+    check_model_cfg(cfg.model)
+    cfg.work_dir = str(work_dir) if work_dir else str(default_work_dir(config, fold))
+    cfg.launcher = launcher
+    cfg.resume = bool(resume)
+    cfg.overwrite = False
+    if amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    return cfg
+
+
+def plan_runs(
+    config: str | os.PathLike,
+    fold: str | int = 0,
+    work: str | os.PathLike | None = None,
+    split_variant: str | None = None,
+    work_dir: str | os.PathLike | None = None,
+    cfg_options: Mapping[str, Any] | None = None,
+    amp: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    launcher: str = "none",
+) -> list[Any]:
+    """Checked configs of every requested fold (arguments as :func:`train`); nothing is built or written.
+
+    Raises:
+        FileNotFoundError / ValueError: bad input (WORK, fold, variant, backbone, pretrained path).
+        FileExistsError: a work dir holds checkpoints and neither ``resume`` nor ``overwrite`` was given.
+    """
+    folds = parse_folds(fold, DEFAULT_FOLDS)
+    cfgs = []
+    for k in folds:
+        wd = (Path(work_dir) / f"fold_{k}" if len(folds) > 1 else Path(work_dir)) if work_dir else None
+        cfg = build_train_cfg(config, k, work, split_variant, wd, cfg_options, amp, resume, launcher)
+        if has_checkpoints(Path(cfg.work_dir)) and not resume and not overwrite:
+            raise FileExistsError(
+                f"{cfg.work_dir} already holds checkpoints of an earlier run. Pass --resume to continue it or "
+                "--overwrite to start over (its checkpoints are deleted)."
+            )
+        cfg.overwrite = bool(overwrite)
+        cfgs.append(cfg)
+    return cfgs
+
+
+def train_one(cfg: Any) -> Path:
+    """Run one fold from a config made by :func:`plan_runs`; returns the work dir.
+
+    With ``cfg.overwrite`` the checkpoints of an earlier run in the work dir are deleted first (logs kept).
+    """
+    from common.engine import atomic_write_bytes, is_main_process, setup_distributed
+    from segmenters.mm.engine import GIRunner
+
+    work_dir = Path(cfg.work_dir)
+    if has_checkpoints(work_dir) and not cfg.resume and cfg.get("overwrite") and is_main_process():
+        _clear_run(work_dir)
+    if cfg.launcher != "none":
+        setup_distributed(cfg.launcher)  # gloo on CPU before the Runner (it then skips its own init)
+    t0 = time.time()
+    runner = GIRunner.from_cfg(cfg)
+    runner.train()
+    if is_main_process():
+        summary = dict(
+            config=str(cfg.filename),
+            fold=int(cfg.fold),
+            split_variant=cfg.get("split_variant"),
+            iterations=int(runner.iter),
+            seconds=round(time.time() - t0, 1),
+            last_checkpoint=(work_dir / "last_checkpoint").read_text().strip()
+            if (work_dir / "last_checkpoint").exists()
+            else None,
+            best_checkpoints=sorted(str(p) for p in work_dir.glob("best_*.pth")),
+        )
+        atomic_write_bytes(work_dir / DONE_FILE, json.dumps(summary, indent=2).encode())
+    return work_dir
+
+
+def train(
+    config: str | os.PathLike,
+    fold: str | int = 0,
+    work: str | os.PathLike | None = None,
+    split_variant: str | None = None,
+    work_dir: str | os.PathLike | None = None,
+    cfg_options: Mapping[str, Any] | None = None,
+    amp: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    launcher: str = "none",
+) -> list[Path]:
+    """Train ``config`` on one fold or on all folds (one after the other); returns the work dirs.
+
+    Args:
+        config: an ``mmcfg/`` config.
+        fold: ``0..4`` or ``"all"``.
+        work: data_prep's WORK folder (default: the config's ``work``, else ``default_work_dir()``).
+        split_variant: ``all``, ``notail`` or ``noanno`` (default: the config's).
+        work_dir: output folder (default ``work_dirs/{config}/fold_{k}``; with ``fold='all'`` a ``fold_{k}``
+            folder is made inside it).
+        cfg_options: ``--cfg-options`` dotted keys.
+        amp: mixed precision (``AmpOptimWrapper``).
+        resume: continue from the newest readable checkpoint of the work dir.
+        overwrite: start over in a work dir that has checkpoints.
+        launcher: ``none``, ``pytorch`` (torchrun) or ``slurm``.
+    """
+    cfgs = plan_runs(config, fold, work, split_variant, work_dir, cfg_options, amp, resume, overwrite, launcher)
+    return [train_one(cfg) for cfg in cfgs]
+
+
+def parse_cfg_options(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["a.b=1", "c=(1,2)"]`` -> dict, values parsed as mmengine's ``DictAction`` does."""
+    if not items:
+        return {}
+    from mmengine.config import DictAction
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--cfg-options entries must be key=value, got {item!r}")
+        key, val = item.split("=", 1)
+        out[key] = DictAction._parse_iterable(val)
+    return out

@@ -1,0 +1,182 @@
+"""3D inference: sliding window, TTA, resampling back to the real slice sizes, probability-map folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from data_prep.constants import CLASSES, REAL_DEPTHS, REAL_SIZES, REPO_ROOT
+
+mmengine = pytest.importorskip("mmengine")
+pytest.importorskip("monai")
+
+from common.engine import atomic_torch_save  # noqa: E402
+from segmenters.infer_3d import Segmenter3D, tta_variants, write_prob_maps  # noqa: E402
+from segmenters.monai3d import build_model, resize_hw  # noqa: E402
+from segmenters.monai3d_synth import make_synthetic_work  # noqa: E402
+
+TINY = REPO_ROOT / "mmcfg" / "monai3d" / "segresnet-tiny_1xb2-40_synth-32x32x16.py"
+DEFAULT = REPO_ROOT / "mmcfg" / "monai3d" / "segresnet_1xb2-20k_uwmgi-224x224x80.py"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two busy cores: OpenMP with 2 threads is ~40x slower on tiny 3D convolutions here."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_cfg(**infer) -> dict:
+    cfg = mmengine.Config.fromfile(str(TINY)).to_dict()
+    cfg["infer"].update(infer)
+    return cfg
+
+
+class Pointwise(nn.Module):
+    """Logits ``scale * (x - 0.5)`` on 3 channels: flip-equivariant, so TTA must give the plain result."""
+
+    def __init__(self, scale: float = 10.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (x.repeat(1, 3, 1, 1, 1) - 0.5)
+
+
+class Constant(nn.Module):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 3, *x.shape[2:]), self.value)
+
+
+def ellipse_volume(depth: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:h, :w]
+    inside = ((yy - 0.45 * h) / (0.25 * h)) ** 2 + ((xx - 0.55 * w) / (0.2 * w)) ** 2 <= 1
+    mask = np.repeat(inside[None], depth, 0)
+    vol = np.where(mask, 3000, 300).astype(np.uint16)
+    return vol, mask
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_tta_variants():
+    assert tta_variants(()) == [()]
+    assert tta_variants(("flip",)) == [(), (3,), (4,)]
+    assert tta_variants(("hflip", "vflip", "hflip")) == [(), (3,), (2,)]
+    with pytest.raises(ValueError, match="unknown TTA"):
+        tta_variants(("rot90",))
+
+
+def test_sliding_window_shape_and_range_tiny_segresnet():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    seg = Segmenter3D(build_model(cfg["model"]), cfg)
+    vol = np.random.default_rng(0).integers(0, 4000, size=(20, 40, 56), dtype=np.uint16)
+    out = seg.predict_volume(vol, tta=("flip",))
+    assert out.shape == (20, 3, 40, 56) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0 and out.std() > 0
+
+
+def test_volume_smaller_than_patch_is_padded():
+    """2 slices of 20x24 pixels with a 32x32x16 patch and no in-plane resampling: padded, never a crash."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    cfg["data"]["resample"] = {"mode": "none"}
+    seg = Segmenter3D(build_model(cfg["model"]), cfg)
+    vol = np.random.default_rng(1).integers(0, 4000, size=(2, 20, 24), dtype=np.uint16)
+    out = seg.predict_volume(vol, tta=("flip",))
+    assert out.shape == (2, 3, 20, 24) and 0.0 <= out.min() and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("depth", REAL_DEPTHS)
+def test_real_sizes_come_back_exactly(depth):
+    """Each real slice size (W x H) and depth survives resampling to 48x48 and back; 80 slices with a patch that
+    expects 144 (padding in depth) included."""
+    cfg = tiny_cfg(roi_size=(32, 32, 144), overlap=0.0)
+    seg = Segmenter3D(Pointwise(), cfg)
+    for w, h in REAL_SIZES:
+        vol, mask = ellipse_volume(depth, h, w)
+        out = seg.predict_volume(vol, tta=())
+        assert out.shape == (depth, 3, h, w), (w, h)
+        # the Pointwise model reproduces the (normalised) scan: a thresholded channel is the ellipse again
+        assert dice(out[:, 1] > 0.5, mask) > 0.95, (w, h)
+
+
+def test_all_zero_stays_zero_and_mask_round_trip():
+    for w, h in REAL_SIZES:
+        zero = torch.zeros(3, h, w, 5)
+        down = resize_hw(zero, (256, 256))
+        assert tuple(down.shape) == (3, 256, 256, 5) and not down.any()
+        assert tuple(resize_hw(down, (h, w)).shape) == (3, h, w, 5) and not resize_hw(down, (h, w)).any()
+        _, mask = ellipse_volume(5, h, w)
+        m = torch.from_numpy(mask.transpose(1, 2, 0)[None].astype(np.float32))  # (1, H, W, D)
+        back = resize_hw(resize_hw(m, (256, 256)), (h, w)) > 0.5
+        assert back.shape == m.shape
+        assert dice(back.numpy(), mask.transpose(1, 2, 0)[None]) > 0.95, (w, h)
+    seg = Segmenter3D(Constant(-1e4), tiny_cfg())
+    out = seg.predict_volume(np.full((9, 31, 45), 1000, np.uint16), tta=("flip",))
+    assert out.shape == (9, 3, 31, 45) and not out.any()
+
+
+def test_flip_tta_is_undone():
+    """With a flip-equivariant model, TTA must equal the plain prediction (a flip not undone would not)."""
+    seg = Segmenter3D(Pointwise(2.0), tiny_cfg(overlap=0.5))
+    vol, _ = ellipse_volume(12, 40, 52)
+    vol[:3] = 100  # asymmetric in depth too
+    plain = seg.predict_volume(vol, tta=())
+    for tta in (("flip",), ("hflip",), ("vflip",), ("dflip",)):
+        np.testing.assert_allclose(seg.predict_volume(vol, tta=tta), plain, atol=1e-5)
+
+
+def test_load_checkpoint_and_mismatch(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = build_model(cfg["model"])
+    atomic_torch_save({"model": model.state_dict(), "meta": {"iter": 3}}, tmp_path / "best.pth")
+    seg = Segmenter3D.load(cfg, tmp_path / "best.pth", "cpu")
+    vol = np.random.default_rng(2).integers(0, 4000, size=(8, 24, 24), dtype=np.uint16)
+    ref = Segmenter3D(model, cfg).predict_volume(vol, tta=())
+    np.testing.assert_array_equal(seg.predict_volume(vol, tta=()), ref)
+    with pytest.raises(ValueError, match="does not fit"):
+        Segmenter3D.load(str(DEFAULT), tmp_path / "best.pth", "cpu")
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        Segmenter3D.load(cfg, tmp_path / "missing.pth", "cpu")
+    with pytest.raises(ValueError, match=r"\(D, H, W\)"):
+        seg.predict_volume(np.zeros((4, 4), np.uint16))
+
+
+def test_write_prob_maps_layout(tmp_path):
+    work = make_synthetic_work(tmp_path / "work", n_cases=2, sizes=((40, 32), (36, 44)), depths=(10, 6))
+    seg = Segmenter3D(Pointwise(), tiny_cfg(), config_path="tiny.py", checkpoint="best.pth")
+    out = write_prob_maps(seg, work, tmp_path / "oof", case_days=["case2_day0"], fold=1, tta=("flip",))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "3d" and meta["fold"] == 1 and meta["tta"] == ["flip"]
+    assert meta["classes"] == list(CLASSES) and meta["config"] == "tiny.py"
+    assert meta["case_days"] == {"case2_day0": [f"case2_day0_slice_{i:04d}" for i in range(1, 7)]}
+    arr = np.load(out / "case2_day0.npy")
+    assert arr.dtype == np.float16 and arr.shape == (6, 3, 44, 36)
+    assert 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0
+    assert sorted(p.name for p in out.iterdir()) == ["case2_day0.npy", "meta.json", "metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["score"] <= 1.0 and metrics["threshold"] == 0.5
+    prob_dir = pytest.importorskip("ensembles.io").ProbDir(out)  # the ensembles' reader accepts the folder
+    np.testing.assert_array_equal(prob_dir.load("case2_day0"), arr.astype(np.float32))
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_prob_maps(seg, work, out, case_days=["case2_day0"])
+    write_prob_maps(seg, work, out, overwrite=True, tta=())  # every case-day of the manifest
+    meta = json.loads((out / "meta.json").read_text())
+    assert sorted(meta["case_days"]) == ["case1_day0", "case2_day0"] and meta["fold"] is None
+    assert np.load(out / "case1_day0.npy").shape == (10, 3, 32, 40)
+    with pytest.raises(ValueError, match="not in"):
+        write_prob_maps(seg, work, tmp_path / "x", case_days=["case9_day0"])

@@ -1,0 +1,192 @@
+"""A tiny config trains on the synthetic WORK folder on CPU, resumes, and tools/test.py writes probability maps
+that match the manifest; tools/dist_train.sh runs 2 processes over gloo."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, TINY_UPERNET
+
+import segmenters.mm  # noqa: F401  (mmcv-lite shim before mmseg)
+
+pytestmark = pytest.mark.usefixtures("mmseg_scope")
+
+OPTS = [
+    "img_size=(64,64)",
+    "train_dataloader.batch_size=4",
+    "train_cfg.val_interval=5",
+    "default_hooks.checkpoint.interval=5",
+    "default_hooks.logger.interval=1",
+    "param_scheduler=[]",
+    "randomness.seed=0",
+]
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"seg_{name}_tool", REPO / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _scalars(work_dir) -> list[dict]:
+    rows = []
+    for f in sorted(work_dir.glob("*/vis_data/scalars.json")):
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained(seg_work, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("segtrain") / "fold_0"
+    args = [str(TINY_UPERNET), "--work", str(seg_work), "--work-dir", str(wd), "--cfg-options", *OPTS]
+    assert _tool("train").main([*args, "train_cfg.max_iters=10"]) == 0
+    return wd, args
+
+
+def test_training_lowers_loss_and_validates(trained) -> None:
+    wd, _ = trained
+    rows = _scalars(wd)
+    train = [r for r in rows if "loss" in r]
+    assert [r["iter"] for r in train] == list(range(1, 11))
+    first = np.mean([r["loss"] for r in train[:3]])
+    last = np.mean([r["loss"] for r in train[-3:]])
+    assert last < first
+    vals = [r for r in rows if "gi/score" in r]
+    assert len(vals) == 2  # at iterations 5 and 10
+    for v in vals:
+        assert 0.0 <= v["gi/dice"] <= 1.0 and 0.0 <= v["gi/score"] <= 1.0
+        assert {"gi/dice_large_bowel", "gi/dice_small_bowel", "gi/dice_stomach"} <= set(v)
+    best = list(wd.glob("best_gi_score_iter_*.pth"))
+    assert len(best) == 1
+    assert (wd / "iter_10.pth").is_file() and (wd / "last_checkpoint").read_text().strip().endswith("iter_10.pth")
+    assert (wd / "training_curve.png").stat().st_size > 1000
+    assert json.loads((wd / "done.json").read_text())["iterations"] == 10
+    state = torch.load(best[0], weights_only=True)["state_dict"]  # inference loads weights only
+    assert any(k.startswith("backbone.") for k in state)
+
+
+def test_existing_run_needs_resume_or_overwrite(trained, capsys) -> None:
+    wd, args = trained
+    assert _tool("train").main([*args, "train_cfg.max_iters=14"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_continues_from_last_iteration(trained) -> None:
+    wd, args = trained
+    assert _tool("train").main([*args, "train_cfg.max_iters=14", "--resume"]) == 0
+    iters = [r["iter"] for r in _scalars(wd) if "loss" in r]
+    assert iters == list(range(1, 11)) + [11, 12, 13, 14]  # the second run started at 11
+    assert (wd / "iter_14.pth").is_file()
+    assert json.loads((wd / "done.json").read_text())["iterations"] == 14
+
+
+def test_test_tool_writes_maps_matching_manifest(trained, seg_work, tmp_path) -> None:
+    wd, _ = trained
+    ckpt = (wd / "last_checkpoint").read_text().strip()
+    out = tmp_path / "oof"
+    args = [
+        str(TINY_UPERNET),
+        ckpt,
+        "--fold",
+        "0",
+        "--work",
+        str(seg_work),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--cfg-options",
+        "img_size=(64,64)",
+    ]
+    assert _tool("test").main(args) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    man = pd.read_csv(seg_work / "manifest.csv")
+    assert meta["kind"] == "2.5d" and meta["fold"] == 0 and meta["tta"] == ["hflip"]
+    assert list(meta["case_days"]) == ["case10_day1"]
+    for cd, ids in meta["case_days"].items():
+        rows = man[man["case_day"] == cd].sort_values("z")
+        assert ids == rows["id"].tolist()
+        probs = np.load(out / f"{cd}.npy")
+        assert probs.dtype == np.float16
+        assert probs.shape == (len(rows), 3, int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
+        assert 0.0 <= float(probs.min()) and float(probs.max()) <= 1.0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["dice"] <= 1.0 and "score" in metrics
+    assert _tool("test").main(args) == 2  # no silent overwrite
+
+
+def test_segmenter_keep_and_boxes(trained, seg_work) -> None:
+    from data_prep.volumes import load_volume
+    from segmenters.inference import Segmenter
+
+    wd, _ = trained
+    seg = Segmenter.load(TINY_UPERNET, wd / "iter_10.pth", "cpu", cfg_options={"img_size": (64, 64)})
+    vol = load_volume(seg_work, "case11_day1")
+    keep = np.ones(len(vol), bool)
+    keep[[0, 5]] = False
+    boxes = np.tile(np.array([8, 4, 72, 60]), (len(vol), 1))
+    probs = seg.predict_volume(vol, keep=keep, boxes=boxes, tta=(), batch_size=5)
+    assert probs.shape == (12, 3, 80, 96) and probs.dtype == np.float32
+    assert not probs[[0, 5]].any() and probs[1].any()
+    assert not probs[:, :, :4].any() and not probs[:, :, 60:].any() and not probs[..., 72:].any()
+    full = seg.predict_volume(vol[:3], tta=("hflip",))
+    assert full.shape == (3, 3, 80, 96) and (full > 0).all()
+
+
+def test_dist_train_two_cpu_processes(seg_work, tmp_path) -> None:
+    wd = tmp_path / "dist"
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(29500 + os.getpid() % 1000), CUDA_VISIBLE_DEVICES="")
+    cmd = [
+        str(REPO / "tools" / "dist_train.sh"),
+        str(TINY_UPERNET),
+        "2",
+        "--work",
+        str(seg_work),
+        "--work-dir",
+        str(wd),
+        "--cfg-options",
+        "img_size=(64,64)",
+        "train_dataloader.batch_size=2",
+        "train_cfg.max_iters=3",
+        "train_cfg.val_interval=3",
+        "default_hooks.checkpoint.interval=3",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in wd.glob("iter_*.pth")) == ["iter_3.pth"]
+    log = next(wd.glob("*/*.log")).read_text()
+    assert "Distributed training: True" in log and "GPU number: 2" in log
+    assert "Iter(val) [1/1]" in log  # 12 val slices, batch 8, split over 2 ranks
+
+
+def test_train_folds_skips_finished_folds(seg_work, tmp_path) -> None:
+    env = dict(os.environ, PYTHON=sys.executable, WORK_DIRS=str(tmp_path), CUDA_VISIBLE_DEVICES="")
+    cmd = [
+        str(REPO / "tools" / "train_folds.sh"),
+        str(TINY_UPERNET),
+        "1",
+        "1",
+        "--work",
+        str(seg_work),
+        "--cfg-options",
+        "img_size=(64,64)",
+        "train_cfg.max_iters=2",
+        "train_cfg.val_interval=2",
+        "default_hooks.checkpoint.interval=2",
+    ]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    wd = tmp_path / TINY_UPERNET.stem / "fold_1"
+    assert json.loads((wd / "done.json").read_text())["fold"] == 1
+    assert not (tmp_path / TINY_UPERNET.stem / "fold_0").exists()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "fold 1: finished" in again.stdout and "training ->" not in again.stdout

@@ -1,0 +1,52 @@
+"""Slice presence probabilities of a trained classifier for every slice of a WORK folder (e.g. the test tree).
+
+    python tools/predict_cls.py work_dirs/cls_.../fold_0/best.pth --work WORK_TEST --out preds/cls_fold0/cls_probs.csv
+
+Writes ``cls_probs.csv`` (``id, large_bowel, small_bowel, stomach``, docs/contracts.md) atomically; an existing
+file is kept unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_prep.constants import default_work_dir  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="best.pth / last.pth written by tools/train_cls.py")
+    p.add_argument("--work", type=Path, default=None, help="WORK folder (default $GITRACT_WORK or ./work)")
+    p.add_argument("--out", type=Path, required=True, help="cls_probs.csv to write")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("predict_cls")
+
+    import torch
+
+    from gating.classifier import SliceClassifier, predict_work
+
+    if args.out.exists() and not args.overwrite:
+        log.error("%s exists; pass --overwrite to replace it", args.out)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        clf = SliceClassifier.load(args.checkpoint, device)
+        df = predict_work(clf, args.work or default_work_dir(), args.out, args.batch_size, progress=True)
+    except (FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    log.info("%d slices -> %s", len(df), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

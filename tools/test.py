@@ -1,0 +1,69 @@
+"""Evaluate a 2.5D segmenter and write its probability maps (docs/contracts.md, "Probability maps"):
+``python tools/test.py CONFIG CHECKPOINT [--fold K] [--work WORK] [--out DIR] [--tta hflip,...] [--device cuda]``.
+
+With ``--fold K``: the fold's val case-days (out-of-fold input of the ensembles), default out
+``work_dirs/{config}/fold_{k}/oof``; without: every case-day of WORK (test time), default ``work_dirs/{config}/test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import segmenters.mmcv_compat  # noqa: E402,F401  (mmcv-lite shim before mmseg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Write float16 probability maps per case-day and score them.")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--fold", help="0..4: that fold's val case-days; omitted: every case-day of WORK")
+    p.add_argument("--work", help="data_prep WORK folder (default $GITRACT_WORK, else work/)")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--tta", default="hflip", help="comma-separated flips: hflip,vflip; 'none' for no TTA")
+    p.add_argument("--boxes", help="crop-box CSV (id, x0, y0, x1, y1)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    tta = () if args.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in args.tta.split(","))
+
+    from segmenters.checks import CheckpointMismatchError
+    from segmenters.predict import predict_work
+    from segmenters.train import parse_cfg_options
+
+    try:
+        summary = predict_work(
+            args.config,
+            args.checkpoint,
+            work=args.work,
+            fold=args.fold,
+            out=args.out,
+            tta=tta,
+            device=args.device,
+            batch_size=args.batch_size,
+            boxes=args.boxes,
+            overwrite=args.overwrite,
+            cfg_options=parse_cfg_options(args.cfg_options),
+            progress=True,
+        )
+    except (FileNotFoundError, FileExistsError, CheckpointMismatchError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
