@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import atomic_write
+
 #: One colour per class, in CLASSES order (large bowel, small bowel, stomach).
 CLASS_COLORS: tuple[tuple[float, float, float], ...] = ((1.0, 0.85, 0.1), (0.1, 0.9, 0.3), (0.95, 0.2, 0.2))
 
@@ -53,12 +55,7 @@ def blend(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.ndarr
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"), fsync=False)
 
 
 def save_overlay(

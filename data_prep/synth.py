@@ -45,6 +45,7 @@ import pandas as pd
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d
 
+from common.io import atomic_write
 from data_prep.constants import CLASSES, DEFAULT_SEED, REAL_DEPTHS, REAL_SIZES, slice_id
 from data_prep.layout import read_labels, validate_rles
 from data_prep.rle import rle_decode, rle_encode
@@ -456,14 +457,7 @@ def scan_name(slc: int, width: int, height: int, spacing: float) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(data), fsync=False)
 
 
 def _write_pngs(task: CaseDayTask, volume: np.ndarray, slices: Sequence[int]) -> None:

@@ -18,11 +18,11 @@ True
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from common.io import atomic_save_npy, atomic_write_text  # noqa: F401  (part of this module's API)
 from data_prep.constants import CLASSES, NUM_CLASSES
 
 VOLUMES_DIR = "volumes"
@@ -135,37 +135,6 @@ def load_volume(work: str | os.PathLike, case_day: str) -> np.ndarray:
 def load_mask(work: str | os.PathLike, case_day: str) -> np.ndarray:
     """The uint8 ``(D, H, W)`` bit-field mask of a case-day, memory-mapped read-only; see :func:`unpack_mask`."""
     return _open(mask_path(work, case_day), "mask")
-
-
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file in the same folder, then rename over ``path``.
-
-    A process killed mid-write leaves at most a hidden ``.tmp`` file, never a truncated ``.npy``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

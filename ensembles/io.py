@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.io import atomic_save_npy, atomic_write_text  # noqa: F401  (part of this module's API)
 from data_prep.constants import CLASSES, SLICE_ID_RE, case_day_of
 from data_prep.rle import rle_decode
 
@@ -159,46 +159,6 @@ class RLEVolumes(Mapping):
 
 # --------------------------------------------------------------------------------------------------------------
 # atomic writes
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """``np.save`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
