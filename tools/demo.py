@@ -63,16 +63,6 @@ SIZES = {
 }
 
 
-def best_checkpoint(run: Path) -> Path:
-    """``best.pth`` of a run folder, else mmengine's ``best_{metric}_iter_{n}.pth`` (the newest)."""
-    if (run / "best.pth").is_file():
-        return run / "best.pth"
-    found = sorted(run.glob("best_*.pth"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no best checkpoint in {run} (best.pth or best_*.pth); did its training step run?")
-    return found[-1]
-
-
 class Demo:
     """Runs the steps in order, skipping finished ones, and logs each command."""
 
@@ -271,7 +261,7 @@ class Demo:
                 *self.py(
                     "tools/test.py",
                     cfg,
-                    best_checkpoint(self.runs / name),
+                    self.runs / name / "best.pth",
                     "--fold",
                     "0",
                     "--work",
@@ -318,7 +308,7 @@ class Demo:
                 name="unet",
                 kind="2.5d",
                 config=UNET_CFG,
-                checkpoints=[str(best_checkpoint(r / "unet"))],
+                checkpoints=[str(r / "unet/best.pth")],
                 tta=["hflip"],
                 weight=1.0,
             ),
@@ -326,7 +316,7 @@ class Demo:
                 name="upernet",
                 kind="2.5d",
                 config=UPERNET_CFG,
-                checkpoints=[str(best_checkpoint(r / "upernet"))],
+                checkpoints=[str(r / "upernet/best.pth")],
                 tta=["hflip"],
                 weight=1.0,
             ),

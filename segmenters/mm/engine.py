@@ -117,15 +117,31 @@ def resume_candidates(work_dir: str | os.PathLike) -> list[Path]:
     return out
 
 
+def link_best(checkpoint: Path) -> Path:
+    """Point ``best.pth`` beside ``checkpoint`` (mmengine's ``best_{metric}_iter_{n}.pth``) at it, atomically.
+
+    A stable name for specs and scripts (``work_dirs/{config}/fold_{k}/best.pth``); a relative symlink, so the
+    work dir can be moved.
+    """
+    link = checkpoint.with_name("best.pth")
+    tmp = checkpoint.with_name(f".best.pth.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(checkpoint.name, tmp)
+    os.replace(tmp, link)
+    return link
+
+
 @RUNNERS.register_module()
 class GIRunner(Runner):
     """mmengine ``Runner`` with atomic checkpoint writes and safe, config-checked loading (see module doc)."""
 
     _trusted_load = False
 
-    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+    def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
         with mock.patch.object(mm_runner_module, "save_checkpoint", atomic_save_checkpoint):
-            super().save_checkpoint(*args, **kwargs)
+            super().save_checkpoint(out_dir, filename, *args, **kwargs)
+        if filename.startswith("best_") and is_main_process():
+            link_best(Path(out_dir) / filename)
 
     def load_or_resume(self) -> None:
         if self._has_loaded:

@@ -77,29 +77,28 @@ KILLS = {
     # the second of three case-days is being predicted
     "mid_case_days": "kill_on_call(pipeline, 'predict_case_day', 2)",
     # every case-day is done and the CSV is fully written to its temporary file, but not yet renamed
+    # (os.replace / os.fdopen are patched process-wide: whichever module does the atomic write uses them)
     "before_rename": """
-        import ensembles.io as eio
         _replace = os.replace
         def replace(src, dst):
             if str(dst).endswith("submission.csv"):
                 die()
             return _replace(src, dst)
-        eio.os.replace = replace
+        os.replace = replace
     """,
     # half of the CSV's text is on disk when the process dies
     "mid_csv_write": """
-        import ensembles.io as eio
         _fdopen = os.fdopen
         class HalfWriter:
             def __init__(self, f): self.f = f
             def __enter__(self): return self
             def __exit__(self, *a): return self.f.__exit__(*a)
             def write(self, text):
-                if isinstance(text, str) and text.startswith("id,class,predicted"):
+                if text[:18] in ("id,class,predicted", b"id,class,predicted"):  # the submission (str or bytes)
                     self.f.write(text[: len(text) // 2]); self.f.flush(); os.fsync(self.f.fileno()); die()
                 return self.f.write(text)
             def __getattr__(self, k): return getattr(self.f, k)
-        eio.os.fdopen = lambda *a, **k: HalfWriter(_fdopen(*a, **k))
+        os.fdopen = lambda *a, **k: HalfWriter(_fdopen(*a, **k))
     """,
 }
 

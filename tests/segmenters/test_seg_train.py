@@ -67,6 +67,7 @@ def test_training_lowers_loss_and_validates(trained) -> None:
         assert {"gi/dice_large_bowel", "gi/dice_small_bowel", "gi/dice_stomach"} <= set(v)
     best = list(wd.glob("best_gi_score_iter_*.pth"))
     assert len(best) == 1
+    assert (wd / "best.pth").resolve() == best[0].resolve()  # the stable name points at the best
     assert (wd / "iter_10.pth").is_file() and (wd / "last_checkpoint").read_text().strip().endswith("iter_10.pth")
     assert (wd / "training_curve.png").stat().st_size > 1000
     assert json.loads((wd / "done.json").read_text())["iterations"] == 10
