@@ -57,7 +57,7 @@ class Size:
 
 SIZES = {
     # the README's demo: about 12 cases, a few hundred iterations at 128 px, < 20 minutes on 2 CPU cores
-    "demo": Size(12, 3, 80, None, 128, 3, 128, 300, 300, 200, 8),
+    "demo": Size(12, 3, 80, None, 128, 2, 128, 150, 200, 200, 8),
     # the smallest run that exercises every step (the test suite)
     "tiny": Size(2, 1, 12, ("64x64",), 64, 1, 64, 4, 4, 4, 2),
 }
