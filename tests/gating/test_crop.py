@@ -197,7 +197,7 @@ def test_missing_export_names_the_command(tmp_path):
 
 @pytest.mark.slow
 def test_yolo_trains_one_epoch_and_predicts_boxes_inside(yolo_export, tmp_path):
-    from conftest import make_body_volume
+    from gating_fixtures import make_body_volume
 
     from gating.yolo_train import train_detector
 

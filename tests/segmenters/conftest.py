@@ -20,11 +20,9 @@ if str(REPO) not in sys.path:
 
 # the mmcv-lite shim must precede any mmseg import of the test modules (it imports neither mmseg nor, when
 # mmcv is absent, anything else: the 3D tests of this folder run without OpenMMLab packages)
-import segmenters.mmcv_compat  # noqa: E402,F401
+from seg_fixtures import TINY_SWIN, TINY_UNET, TINY_UPERNET  # noqa: E402,F401  (re-exported)
 
-TINY_UPERNET = REPO / "mmcfg" / "upernet" / "upernet_convnext-atto_1xb4-40_gitract-128x128.py"
-TINY_UNET = REPO / "mmcfg" / "unet" / "unet_effb0_1xb4-40_gitract-128x128.py"
-TINY_SWIN = REPO / "mmcfg" / "upernet" / "upernet_swin-mini_1xb4-40_gitract-128x128.py"
+import segmenters.mmcv_compat  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

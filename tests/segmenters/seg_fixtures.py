@@ -13,6 +13,11 @@ import pandas as pd
 from data_prep.constants import CLASSES
 from data_prep.volumes import pack_mask
 
+REPO = Path(__file__).resolve().parents[2]
+TINY_UPERNET = REPO / "mmcfg" / "upernet" / "upernet_convnext-atto_1xb4-40_gitract-128x128.py"
+TINY_UNET = REPO / "mmcfg" / "unet" / "unet_effb0_1xb4-40_gitract-128x128.py"
+TINY_SWIN = REPO / "mmcfg" / "upernet" / "upernet_swin-mini_1xb4-40_gitract-128x128.py"
+
 
 def _blob(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]

@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-from conftest import REPO
 from mmseg.registry import MODELS
+from seg_fixtures import REPO
 
 import segmenters.mm  # noqa: F401  (mmcv-lite shim before mmseg)
 from segmenters.configs import load_config

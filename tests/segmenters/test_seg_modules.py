@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SWIN, TINY_UNET, TINY_UPERNET
 from mmengine.structures import PixelData
 from mmseg.registry import DATASETS, MODELS, TRANSFORMS
 from mmseg.structures import SegDataSample
+from seg_fixtures import TINY_SWIN, TINY_UNET, TINY_UPERNET
 
 import segmenters.mm  # noqa: F401  (mmcv-lite shim before mmseg)
 from data_prep.volumes import load_mask, load_volume, unpack_mask
@@ -210,7 +210,7 @@ def test_bad_input_errors(seg_work, tmp_path) -> None:
 def test_train_tool_rejects_bad_input_before_training(seg_work, tmp_path, capsys) -> None:
     import importlib.util
 
-    from conftest import REPO
+    from seg_fixtures import REPO
 
     spec = importlib.util.spec_from_file_location("seg_train_tool", REPO / "tools" / "train.py")
     tool = importlib.util.module_from_spec(spec)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_UPERNET
+from seg_fixtures import REPO, TINY_UPERNET
 
 import segmenters.mm  # noqa: F401  (mmcv-lite shim before mmseg)
 
