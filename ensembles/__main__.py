@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", default="train")
     r.add_argument("--manifest", default=None, help="instead of --data-root: a CSV with id,width,height")
     r.add_argument("--overwrite", action="store_true")
+    r.add_argument(
+        "--steps",
+        default="thresholds,gate,weights,floor,min_component",
+        help="comma-separated search steps, in this order (default: all)",
+    )
     _metric_args(r)
     return ap
 
@@ -99,7 +104,17 @@ def _search(a: argparse.Namespace) -> int:
     spec = load_spec(a.spec)
     manifest = manifest_for(a.data_root, a.split, a.manifest) if (a.data_root or a.manifest) else None
     tuned, before, after = run_search(
-        spec, a.oof, a.truth, a.out, manifest, a.empty, a.hausdorff, a.workers, a.overwrite, log=print
+        spec,
+        a.oof,
+        a.truth,
+        a.out,
+        manifest,
+        a.empty,
+        a.hausdorff,
+        a.workers,
+        a.overwrite,
+        log=print,
+        steps=a.steps.split(","),
     )
     print(f"score {before.score:.5f} -> {after.score:.5f}; wrote {a.out}")
     return 0

@@ -37,6 +37,8 @@ COMPONENT_GRID: tuple[int, ...] = (0, 10, 25, 50, 100)
 WEIGHT_FACTORS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
 GROUP_2D_GRID: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 GATE_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: The steps of the coordinate ascent, in order; ``steps=`` picks a subset.
+STEPS: tuple[str, ...] = ("thresholds", "gate", "weights", "floor", "min_component")
 
 
 @dataclass
@@ -300,9 +302,16 @@ def _pick_per_class(results: list[ScoreResult], values: list, current_index: int
 
 
 def search(
-    spec: Spec, ev: Evaluator, log: Callable[[str], None] = logger.info
+    spec: Spec, ev: Evaluator, log: Callable[[str], None] = logger.info, steps: Sequence[str] = STEPS
 ) -> tuple[Params, ScoreResult, ScoreResult]:
-    """Coordinate ascent from the spec's values. Returns ``(tuned params, score before, score after)``."""
+    """Coordinate ascent from the spec's values over ``steps`` (a subset of :data:`STEPS`).
+
+    Returns:
+        ``(tuned params, score before, score after)``.
+    """
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        raise ValueError(f"unknown search step(s) {unknown}; known: {', '.join(STEPS)}")
     cur = Params.from_spec(spec, ev.models)
     before = ev([cur])[0]
     best_score = before.score
@@ -326,8 +335,9 @@ def search(
         return cur, best_score
 
     # thresholds first (weights compared at a sensible threshold), then weights, then all post-processing
-    cur, best_score = post_step(cur, best_score, "thresholds", THRESHOLD_GRID)
-    if ev.cls_probs is not None:
+    if "thresholds" in steps:
+        cur, best_score = post_step(cur, best_score, "thresholds", THRESHOLD_GRID)
+    if ev.cls_probs is not None and "gate" in steps:
         # classifier-gate thresholds, per class (0.0 keeps every slice: the gate can only help)
         now = core.per_class(cur.gate.get("thresholds", 0.5), len(CLASSES), "gate thresholds")
         values = [now] + [np.full(len(CLASSES), v) for v in GATE_GRID]
@@ -342,7 +352,7 @@ def search(
             cur, best_score = trial, r.score
         log(f"gate thresholds: {cur.gate['thresholds']} -> score {best_score:.5f}")
     # weights, model by model
-    if len(ev.models) > 1:
+    if len(ev.models) > 1 and "weights" in steps:
         for name in ev.models:
             base = cur.weights[name] if cur.weights[name] > 0 else 1.0 / len(ev.models)
             cands = []
@@ -356,7 +366,11 @@ def search(
             if res[k].score > best_score + 1e-12:
                 cur, best_score = cands[k], res[k].score
             log(f"weight {name}: {cur.weights[name]:.3f} -> score {best_score:.5f}")
-    if any(ev.kinds[n] == "3d" for n in ev.models) and any(ev.kinds[n] == "2.5d" for n in ev.models):
+    if (
+        "weights" in steps
+        and any(ev.kinds[n] == "3d" for n in ev.models)
+        and any(ev.kinds[n] == "2.5d" for n in ev.models)
+    ):
         cands = []
         for w2 in GROUP_2D_GRID:
             p = copy.deepcopy(cur)
@@ -368,7 +382,8 @@ def search(
             cur, best_score = cands[k], res[k].score
         log(f"2.5d/3d split: {cur.weight_2d:.2f}/{cur.weight_3d:.2f} -> score {best_score:.5f}")
     for attr, grid in (("thresholds", THRESHOLD_GRID), ("floor", FLOOR_GRID), ("min_component", COMPONENT_GRID)):
-        cur, best_score = post_step(cur, best_score, attr, grid)
+        if attr in steps and (attr != "thresholds" or len(steps) > 1):  # thresholds again after the others
+            cur, best_score = post_step(cur, best_score, attr, grid)
     after = ev([cur])[0]
     return cur, before, after
 
@@ -403,6 +418,7 @@ def run_search(
     workers: int = 0,
     overwrite: bool = False,
     log: Callable[[str], None] = logger.info,
+    steps: Sequence[str] = STEPS,
 ) -> tuple[Spec, ScoreResult, ScoreResult]:
     """Parse the OOF folders, search, write ``out`` (tuned spec YAML) and ``{out stem}_report.{md,csv}``."""
     out = Path(out)
@@ -421,7 +437,7 @@ def run_search(
         workers,
         cls_probs=read_classifier_oof(spec, cls_items),
     )
-    params, before, after = search(spec, ev, log)
+    params, before, after = search(spec, ev, log, steps)
     tuned = tuned_spec(spec, params)
     header = (
         f"# tuned from {spec.source} on {len(ev.case_days)} OOF case-days: score {before.score:.5f} -> "

@@ -34,6 +34,19 @@ def masks_from_table(table_path: str, ids: list[str], hw: tuple[int, int]) -> np
     return decode_case_day(rows, hw[0], hw[1], ids=ids)
 
 
+def pick_slices(masks: np.ndarray, n: int, per_class: bool = False) -> list[int]:
+    """Indices (sorted) of the ``n`` slices with the most foreground of ``masks`` bool ``(D, C, H, W)``, or with
+    ``per_class`` the ``n`` slices with the most of each class (slices without that class left out)."""
+    area = masks.reshape(masks.shape[0], masks.shape[1], -1).sum(-1)  # (D, C)
+    if not per_class:
+        return sorted(np.argsort(-area.sum(1), kind="stable")[:n].tolist())
+    picked: set[int] = set()
+    for c in range(area.shape[1]):
+        order = np.argsort(-area[:, c], kind="stable")[:n]
+        picked.update(int(z) for z in order if area[z, c] > 0)
+    return sorted(picked)
+
+
 def visualize_case_day(
     data_root: str,
     split: str,
@@ -44,6 +57,7 @@ def visualize_case_day(
     probs: str | None = None,
     threshold: float = 0.5,
     slices: int = 6,
+    per_class: bool = False,
 ) -> list[Path]:
     """Write a montage and per-slice overlays of one case-day; returns the files written."""
     manifest = read_layout(data_root, split=split, check_images=False)
@@ -70,8 +84,8 @@ def visualize_case_day(
     if shown is not None:
         written.append(save_montage(out_dir / f"{case_day}_montage.png", volume, shown, title=case_day))
     ref = truth_m if truth_m is not None else shown
-    order = np.argsort(-ref.reshape(len(ids), -1).sum(1), kind="stable") if ref is not None else np.arange(len(ids))
-    for z in sorted(order[:slices].tolist()):
+    chosen = pick_slices(ref, slices, per_class) if ref is not None else list(range(min(slices, len(ids))))
+    for z in chosen:
         written.append(
             save_overlay(
                 out_dir / f"{ids[z]}.png",
@@ -96,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--probs", help="a probability folder (meta.json + {case_day}.npy)")
     p.add_argument("--threshold", type=float, default=0.5, help="for --probs")
     p.add_argument("--slices", type=int, default=6, help="overlays of the slices with the most foreground")
+    p.add_argument("--per-class", action="store_true", help="--slices slices with the most of each class")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    files = visualize_case_day(a.data_root, a.split, a.case_day, a.out, a.truth, a.pred, a.probs, a.threshold, a.slices)
+    files = visualize_case_day(
+        a.data_root, a.split, a.case_day, a.out, a.truth, a.pred, a.probs, a.threshold, a.slices, a.per_class
+    )
     for f in files:
         logger.info("wrote %s", f)
     return 0
