@@ -1,13 +1,6 @@
-# U-Net on EfficientNet-B6, 2.5D stacks at 384x384, 2 GPUs x 16, 20k iterations (1st-place-like, `noanno`).
-_base_ = [
-    "../_base_/models/unet_timm.py",
-    "../_base_/datasets/gitract_25d.py",
-    "../_base_/default_runtime.py",
-    "../_base_/schedules/schedule_20k.py",
-]
-split_variant = "noanno"
+# U-Net on EfficientNet-B6: the B4 config with another backbone (1st-place-like, `noanno`).
+_base_ = ["./unet_effb4_2xb16-20k_gitract-384x384.py"]
 model = dict(
-    backbone=dict(model_name="efficientnet_b6", drop_path_rate=0.2),
+    backbone=dict(model_name="efficientnet_b6"),
     decode_head=dict(in_channels=[32, 40, 72, 200, 576]),
-    test_cfg=dict(tta=["hflip"]),
 )
