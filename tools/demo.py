@@ -304,31 +304,14 @@ class Demo:
             "classifier": dict(
                 name="classifier", kind="classifier", config=CLS_CFG, checkpoints=[str(r / "cls/best.pth")]
             ),
-            "unet": dict(
-                name="unet",
-                kind="2.5d",
-                config=UNET_CFG,
-                checkpoints=[str(r / "unet/best.pth")],
-                tta=["hflip"],
-                weight=1.0,
-            ),
-            "upernet": dict(
-                name="upernet",
-                kind="2.5d",
-                config=UPERNET_CFG,
-                checkpoints=[str(r / "upernet/best.pth")],
-                tta=["hflip"],
-                weight=1.0,
-            ),
-            "seg3d": dict(
-                name="seg3d",
-                kind="3d",
-                config=SEG3D_CFG,
-                checkpoints=[str(r / "seg3d/best.pth")],
-                tta=["flip"],
-                weight=1.0,
-            ),
+            "unet": self._segmenter("unet", "2.5d", UNET_CFG, "hflip"),
+            "upernet": self._segmenter("upernet", "2.5d", UPERNET_CFG, "hflip"),
+            "seg3d": self._segmenter("seg3d", "3d", SEG3D_CFG, "flip"),
         }
+
+    def _segmenter(self, name: str, kind: str, config: str, tta: str) -> dict:
+        best = self.runs / name / "best.pth"
+        return dict(name=name, kind=kind, config=config, checkpoints=[str(best)], tta=[tta], weight=1.0)
 
     def write_spec(self, path: Path, models: list[str], gate: dict, **extra) -> Path:
         m = self.model_entries()
