@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     out = (
         Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"segmenters_{args.device.split(':')[0]}.json"
     )
-    from common.engine import atomic_write_bytes
+    from common.io import atomic_write_bytes
 
     atomic_write_bytes(out, json.dumps(info, indent=1).encode())
     print(f"\nwrote {out}")

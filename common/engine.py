@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from common.io import atomic_write, atomic_write_bytes  # noqa: F401  (re-exported)
+from common.io import atomic_write
 
 logger = logging.getLogger(__name__)
 

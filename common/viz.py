@@ -130,20 +130,41 @@ def save_montage(
         plt.close(fig)
 
 
-def save_curves(
-    path: str | os.PathLike, steps: Sequence[float], series: dict[str, Sequence[float]], title: str = ""
+def save_training_curves(
+    path: str | os.PathLike,
+    loss: tuple[Sequence[float], Sequence[float]],
+    val: dict[str, Sequence[float]],
+    val_title: str = "validation",
 ) -> Path:
-    """Write training curves (one line per series, against ``steps``) as a PNG."""
+    """Write a PNG with the training loss (left) and validation metrics (right) against the iteration.
+
+    Args:
+        path: output PNG (written atomically).
+        loss: ``(iterations, values)``; a running mean is drawn over it when there are many points.
+        val: ``{"iter": [...], metric name: [...], ...}``, every series as long as ``iter``.
+        val_title: title of the right panel.
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, values in series.items():
-        n = min(len(steps), len(values))
-        ax.plot(list(steps)[:n], list(values)[:n], label=name)
-    ax.set_xlabel("iteration")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps, values = np.asarray(loss[0], dtype=float), np.asarray(loss[1], dtype=float)
+    if len(values):
+        axes[0].plot(steps, values, lw=0.6, alpha=0.5, label="loss")
+        k = max(1, len(values) // 50)
+        if k > 1:
+            smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+            axes[0].plot(steps[k - 1 :], smooth, lw=1.5, label=f"loss (mean of {k})")
+        axes[0].legend(fontsize=8)
+    axes[0].set_title("training loss", fontsize=10)
+    for name, series in val.items():
+        if name != "iter":
+            axes[1].plot(val["iter"], series, marker="o", label=name)
+    axes[1].set_title(val_title, fontsize=10)
+    if len(val) > 1:
+        axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
     try:
         return _save(fig, path)
     finally:

@@ -33,10 +33,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from common.io import atomic_write_text
 from data_prep.constants import CLASSES
 from data_prep.prepare import read_manifest
 from data_prep.splits import fold_of, read_splits
-from data_prep.volumes import atomic_write_text, load_volume, mask_path, to_uint8, volume_path
+from data_prep.volumes import load_volume, mask_path, to_uint8, volume_path
 
 logger = logging.getLogger(__name__)
 

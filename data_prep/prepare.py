@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.io import atomic_save_npy, atomic_write_text
 from data_prep.constants import (
     CLASSES,
     DEFAULT_CHANNELS,
@@ -38,16 +39,7 @@ from data_prep.constants import (
     NUM_CLASSES,
 )
 from data_prep.rle import rle_runs
-from data_prep.volumes import (
-    MASKS_DIR,
-    VOLUMES_DIR,
-    atomic_save_npy,
-    atomic_write_text,
-    mask_path,
-    stack_indices,
-    unpack_mask,
-    volume_path,
-)
+from data_prep.volumes import MASKS_DIR, VOLUMES_DIR, mask_path, stack_indices, unpack_mask, volume_path
 
 logger = logging.getLogger(__name__)
 

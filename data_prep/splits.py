@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
+from common.io import atomic_write_text
 from data_prep.constants import (
     CLASSES,
     DEFAULT_FAULTY_CASE_DAYS,
@@ -40,7 +41,6 @@ from data_prep.constants import (
     DEFAULT_TAIL,
     SPLIT_VARIANTS,
 )
-from data_prep.volumes import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

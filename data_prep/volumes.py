@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from common.io import atomic_save_npy, atomic_write_text  # noqa: F401  (part of this module's API)
 from data_prep.constants import CLASSES, NUM_CLASSES
 
 VOLUMES_DIR = "volumes"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.io import atomic_save_npy, atomic_write_text  # noqa: F401  (part of this module's API)
+from common.io import atomic_save_npy, atomic_write_text
 from data_prep.constants import CLASSES, SLICE_ID_RE, case_day_of
 from data_prep.rle import rle_decode
 

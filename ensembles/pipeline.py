@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.io import atomic_write_text
 from data_prep.constants import CLASSES
 from ensembles import core
-from ensembles.io import atomic_write_text, check_probs, write_prob_dir
+from ensembles.io import check_probs, write_prob_dir
 from ensembles.spec import ModelSpec, Spec
 
 logger = logging.getLogger(__name__)

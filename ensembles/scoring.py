@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.io import atomic_write_text
 from data_prep.constants import CLASSES, case_day_of
-from ensembles.io import RLEVolumes, atomic_write_text, decode_case_day, markdown_table, read_rle_table, shapes_manifest
+from ensembles.io import RLEVolumes, decode_case_day, markdown_table, read_rle_table, shapes_manifest
 from ensembles.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, CaseDayScore, ScoreResult, aggregate, score_case_day
 
 logger = logging.getLogger(__name__)

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.io import atomic_write_text
 from data_prep.constants import CLASSES
 from ensembles import core
-from ensembles.io import ProbDir, atomic_write_text, decode_case_day, markdown_table, read_rle_table, shapes_manifest
+from ensembles.io import ProbDir, decode_case_day, markdown_table, read_rle_table, shapes_manifest
 from ensembles.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, ScoreResult, aggregate, score_case_day
 from ensembles.spec import Spec
 

@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from common.engine import atomic_write_bytes, load_weights
+from common.engine import load_weights
+from common.io import atomic_write_bytes
 from data_prep.constants import CLASSES, NUM_CLASSES
 from data_prep.volumes import load_volume, stack_indices
 

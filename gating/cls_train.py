@@ -40,14 +40,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from common.engine import (
-    atomic_torch_save,
-    atomic_write_bytes,
-    is_main_process,
-    load_trusted,
-    seed_everything,
-    setup_distributed,
-)
+from common.engine import atomic_torch_save, is_main_process, load_trusted, seed_everything, setup_distributed
+from common.io import atomic_write_bytes
+from common.viz import save_training_curves
 from data_prep.constants import CLASSES, NUM_CLASSES
 from gating.classifier import SliceStackDataset, build_classifier, read_slice_table, write_cls_probs
 
@@ -228,29 +223,14 @@ def _predict(model, loader, device, amp: bool, n: int) -> np.ndarray:
 
 
 def _save_curve(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     df = pd.DataFrame(history)
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    if "loss" in df:
-        tr = df.dropna(subset=["loss"])
-        ax[0].plot(tr["iteration"], tr["loss"])
-    ax[0].set(xlabel="iteration", ylabel="BCE loss", title="training loss")
+    tr = df.dropna(subset=["loss"]) if "loss" in df else df.iloc[:0]
+    val: dict[str, list] = {"iter": []}
     if "mean_auc" in df:
         va = df.dropna(subset=["mean_auc"])
-        for c in CLASSES:
-            ax[1].plot(va["iteration"], va[f"auc_{c}"], marker="o", label=c)
-        ax[1].plot(va["iteration"], va["mean_auc"], marker="s", color="k", label="mean")
-        ax[1].legend()
-    ax[1].set(xlabel="iteration", ylabel="AUC", title="val AUC")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+        val = {"iter": va["iteration"].tolist(), **{c: va[f"auc_{c}"].tolist() for c in CLASSES}}
+        val["mean"] = va["mean_auc"].tolist()
+    save_training_curves(path, (tr["iteration"].tolist(), tr["loss"].tolist() if len(tr) else []), val, "val AUC")
 
 
 def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:

@@ -445,7 +445,7 @@ def write_boxes(path: str | os.PathLike, ids: Sequence[str], boxes: np.ndarray, 
 
     import pandas as pd
 
-    from common.engine import atomic_write_bytes
+    from common.io import atomic_write_bytes
 
     boxes = np.asarray(boxes, dtype=np.int64)
     if boxes.shape != (len(ids), 4) or len(fallback) != len(ids):

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.engine import atomic_write_bytes, load_weights
+from common.engine import load_weights
+from common.io import atomic_write_bytes
 from data_prep.constants import CLASSES, NUM_CLASSES
 from segmenters.monai3d import (
     PREPARE_HINT,

@@ -30,13 +30,14 @@ from torch import nn
 
 from common.engine import (
     atomic_torch_save,
-    atomic_write_bytes,
     is_main_process,
     load_trusted,
     rank_and_world,
     seed_everything,
     setup_distributed,
 )
+from common.io import atomic_write_bytes
+from common.viz import save_training_curves
 from data_prep.constants import CLASSES
 from segmenters.monai3d import (
     build_loss,
@@ -255,31 +256,14 @@ def write_log(history: Sequence[Mapping[str, Any]], work_dir: Path) -> None:
     for row in history:
         w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_FIELDS})
     atomic_write_bytes(work_dir / "log.csv", buf.getvalue().encode())
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
     tr = [(r["iter"], r["loss"]) for r in history if r.get("loss") is not None]
-    if tr:
-        ax.plot(*zip(*tr), label="train loss", color="tab:blue")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
     va = [(r["iter"], r["val_dice"]) for r in history if r.get("val_dice") is not None]
-    if va:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*va), "o-", label="val Dice", color="tab:orange")
-        ax2.set_ylabel("val Dice")
-        ax2.set_ylim(0, 1)
-    ax.set_title(work_dir.as_posix()[-60:])
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(work_dir / "curve.png", png.getvalue())
+    save_training_curves(
+        work_dir / "curve.png",
+        ([i for i, _ in tr], [v for _, v in tr]),
+        {"iter": [i for i, _ in va], "val Dice": [v for _, v in va]},
+        "validation Dice",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

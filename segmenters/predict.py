@@ -80,7 +80,8 @@ def predict_work(
     Raises:
         FileExistsError: ``out`` already holds maps and ``overwrite`` is False.
     """
-    from data_prep.volumes import atomic_save_npy, load_mask, load_volume, mask_path, unpack_mask
+    from common.io import atomic_save_npy
+    from data_prep.volumes import load_mask, load_volume, mask_path, unpack_mask
     from segmenters.inference import Segmenter
 
     work = check_work(work or default_work_dir(), need_masks=False, need_splits=fold is not None)
@@ -134,7 +135,7 @@ def predict_work(
         classes=list(CLASSES),
         case_days=groups,
     )
-    from common.engine import atomic_write_bytes
+    from common.io import atomic_write_bytes
 
     atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=1).encode())
     summary: dict[str, Any] = dict(out=str(out), case_days=len(groups), slices=sum(len(v) for v in groups.values()))

@@ -110,7 +110,8 @@ def train_one(cfg: Any) -> Path:
 
     With ``cfg.overwrite`` the checkpoints of an earlier run in the work dir are deleted first (logs kept).
     """
-    from common.engine import atomic_write_bytes, is_main_process, setup_distributed
+    from common.engine import is_main_process, setup_distributed
+    from common.io import atomic_write_bytes
     from segmenters.mm.engine import GIRunner
 
     work_dir = Path(cfg.work_dir)

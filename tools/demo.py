@@ -75,9 +75,7 @@ class Demo:
         self.n = 0
         self.timings: dict[str, float] = {}
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-        self.env.pop(  # the demo names its folders explicitly
-            "GITRACT_WORK", None
-        )
+        self.env.pop("GITRACT_WORK", None)  # the demo names its folders explicitly
 
     # ----------------------------------------------------------------------------------------------------------
     def run(self, name: str, what: str, *cmd: str | Path) -> None:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -27,7 +26,8 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmengine.runner.checkpoint import save_checkpoint as _mm_save_checkpoint
 from mmseg.registry import HOOKS, RUNNERS
 
-from common.engine import atomic_torch_save, atomic_write_bytes, is_main_process, load_trusted, load_weights
+from common.engine import atomic_torch_save, is_main_process, load_trusted, load_weights
+from common.viz import save_training_curves
 from segmenters.checks import check_state_dict_matches
 
 logger = logging.getLogger(__name__)
@@ -191,47 +191,6 @@ class GIRunner(Runner):
         return checkpoint
 
 
-def plot_curves(path: str | os.PathLike, loss: tuple[np.ndarray, np.ndarray], val: dict[str, list]) -> Path:
-    """Write a PNG with the training loss (left) and validation metrics (right) against the iteration.
-
-    Args:
-        path: output PNG (written atomically).
-        loss: ``(iterations, values)``.
-        val: ``{"iter": [...], metric: [...]}``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    steps, values = loss
-    if len(values):
-        axes[0].plot(steps, values, lw=0.6, alpha=0.5, label="loss")
-        k = max(1, len(values) // 50)
-        if k > 1:
-            smooth = np.convolve(values, np.ones(k) / k, mode="valid")
-            axes[0].plot(steps[k - 1 :], smooth, lw=1.5, label=f"loss (mean of {k})")
-    axes[0].set_xlabel("iteration")
-    axes[0].set_title("training loss", fontsize=10)
-    axes[0].legend(fontsize=8)
-    for name, series in val.items():
-        if name != "iter":
-            axes[1].plot(val["iter"], series, marker="o", label=name)
-    axes[1].set_xlabel("iteration")
-    axes[1].set_title("validation", fontsize=10)
-    if len(val) > 1:
-        axes[1].legend(fontsize=8)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
 @HOOKS.register_module()
 class TrainingCurveHook(Hook):
     """Write ``{work_dir}/training_curve.png`` after each validation and at the end of training (rank 0).
@@ -276,6 +235,6 @@ class TrainingCurveHook(Hook):
         val = runner.message_hub.get_info("gi_val_history", None) or {"iter": []}
         val = {k: v for k, v in val.items() if k == "iter" or len(v) == len(val["iter"])}
         try:
-            plot_curves(Path(runner.work_dir) / self.filename, (steps, values), val)
+            save_training_curves(Path(runner.work_dir) / self.filename, (steps, values), val)
         except Exception as e:  # noqa: BLE001 - a plot must never stop training
             runner.logger.warning(f"could not write the training curve: {e}")

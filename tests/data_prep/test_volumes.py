@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.io import atomic_save_npy
 from data_prep.volumes import (
-    atomic_save_npy,
     load_mask,
     load_volume,
     mask_path,
