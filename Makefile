@@ -20,12 +20,15 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg
 demo: $(STAMP)
 	$(PY) tools/demo.py --out $(DEMO_OUT)
 
+# the layer contract first (seconds): an import against the order of the layers fails the tests
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

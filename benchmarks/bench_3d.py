@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from segmenters.monai.inference import Segmenter3D, tta_variants
+from segmenters.monai.train import parse_stages
+from segmenters.monai.volumes import build_loss, build_model, cfg_get, target_hw
 
-from segmenters.infer_3d import Segmenter3D, tta_variants  # noqa: E402
-from segmenters.monai3d import build_loss, build_model, cfg_get, target_hw  # noqa: E402
-from segmenters.monai3d_train import parse_stages  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHAPES = ((144, 266, 266), (80, 310, 360))  # (D, H, W)
 DEFAULT_CONFIG = REPO / "mmcfg" / "monai3d" / "segresnet_1xb2-20k_uwmgi-224x224x80.py"

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 LABELS_DIR = REPO.parent / "shared" / "data" / "uwmgi_labels"
 TARGETS = {"prepare_splits_s": 90.0, "peak_rss_gb": 4.0, "rle_s": 5.0}
@@ -80,7 +79,7 @@ def timed_prepare(root: Path, work: Path, workers: int) -> dict:
         " 'cpu_s': sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)"
         " for f in ('ru_utime', 'ru_stime'))}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(

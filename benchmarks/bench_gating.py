@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common.engine import atomic_torch_save
+from gating.classifier import SliceClassifier, build_classifier
+from gating.crop import Detector, yolo_offline_env
 
-from common.engine import atomic_torch_save  # noqa: E402
-from gating.classifier import SliceClassifier, build_classifier  # noqa: E402
-from gating.crop import Detector, yolo_offline_env  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _sync(device: str) -> None:

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 #: The peak may differ by this fraction between trees before the benchmark reports growth.
 TOLERANCE = 0.10
@@ -52,11 +51,11 @@ def make_checkpoints(out: Path, detector: bool) -> dict[str, Path]:
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    import segmenters.inference  # noqa: F401  (registers the project's mmseg modules)
+    import segmenters.mm  # noqa: F401  (registers the project's mmseg modules)
     from gating.classifier import build_classifier
-    from segmenters.configs import load_config, strip_pretrained
-    from segmenters.infer_3d import _load_config
-    from segmenters.monai3d import build_model, cfg_get
+    from segmenters.monai.inference import _load_config
+    from segmenters.monai.volumes import build_model, cfg_get
+    from training.config import load_config, strip_pretrained
 
     paths = {}
     cfg = load_config(str(REPO / CONFIGS["2.5d"]))
@@ -130,7 +129,7 @@ def measure(root: Path, spec: Path, out: Path, device: str) -> dict[str, float]:
     """Run tools/infer.py on ``root`` in a child process; its peak RSS (MiB) and wall time (s)."""
     cmd = [sys.executable, str(REPO / "tools" / "infer.py"), "--data-root", str(root), "--spec", str(spec),
            "--root", str(REPO), "--out", str(out), "--device", device, "--no-progress", "--overwrite"]  # fmt: skip
-    env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
     t0 = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
         proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)

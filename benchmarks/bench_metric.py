@@ -28,15 +28,14 @@ import numpy as np
 import pandas as pd
 import scipy.ndimage as ndi
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from data_prep.constants import CLASSES
+from data_prep.layout import RLEVolumes, read_rle_table, shapes_manifest
+from data_prep.rle import rle_encode
+from ensembles import core
+from evaluation.metric import score_case_day
+from evaluation.scoring import score_tables
 
-from data_prep.constants import CLASSES  # noqa: E402
-from data_prep.rle import rle_encode  # noqa: E402
-from ensembles import core  # noqa: E402
-from ensembles.io import RLEVolumes, read_rle_table, shapes_manifest  # noqa: E402
-from ensembles.metric import score_case_day  # noqa: E402
-from ensembles.scoring import score_tables  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DATA = REPO.parent / "shared" / "data" / "uwmgi_labels"
 PERTURBATIONS = ("dilate", "erode", "shift", "drop")

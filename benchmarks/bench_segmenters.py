@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import segmenters.mmcv_compat  # noqa: F401  (mmcv-lite shim before mmseg)
 
-import segmenters.mmcv_compat  # noqa: E402,F401  (mmcv-lite shim before mmseg)
+REPO = Path(__file__).resolve().parents[1]
 
 CONCRETE = sorted(str(p.relative_to(REPO)) for d in ("unet", "upernet") for p in (REPO / "mmcfg" / d).glob("*.py"))
 TINY = [c for c in CONCRETE if "-128x128" in c]
@@ -77,8 +76,8 @@ def bench_config(config: str, work: Path, device_name: str, batch: int, iters: i
     from mmseg.registry import DATASETS, MODELS
     from torch.utils.data import DataLoader
 
-    from segmenters.configs import load_config
-    from segmenters.inference import Segmenter
+    from segmenters.mm.inference import Segmenter
+    from training.config import load_config
 
     init_default_scope("mmseg")
     device = torch.device(device_name)
@@ -161,7 +160,7 @@ def bench_config(config: str, work: Path, device_name: str, batch: int, iters: i
 
     # end to end on one case-day: stacks from the memmap, crop/resize, hflip TTA, paste back
     seg = Segmenter(model, cfg, device)
-    from data_prep.volumes import load_volume
+    from data_prep.work import load_volume
 
     cd = dataset.get_data_info(0)["case_day"]
     vol = load_volume(work, cd)

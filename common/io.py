@@ -1,7 +1,7 @@
-"""Atomic writes: a temporary file in the same folder, then a rename over the target.
+"""Atomic writes (a temporary file in the same folder, then a rename over the target) and Markdown tables.
 
 A process killed mid-write leaves at most a hidden ``.{name}.*.tmp`` file behind, never a truncated target.
-A leaf module (numpy only), so every stage may use it.
+A leaf module (numpy and pandas only), so every stage may use it.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
+import pandas as pd
 
 
 def _default_mode() -> int:
@@ -70,3 +71,24 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, fsync: bool = False) -> Path:
     """``np.save`` (no pickles) atomically; C-contiguous so that it can be memory-mapped back."""
     return atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), fsync=fsync)
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
+    """A DataFrame as a GitHub Markdown table, one line per row and a final newline (floats formatted with
+    ``floatfmt``, NaN as ``-``).
+
+    >>> print(markdown_table(pd.DataFrame({"a": [1], "b": [0.5]})), end="")
+    | a | b |
+    |---|---|
+    | 1 | 0.5000 |
+    """
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float | np.floating):
+            return "-" if np.isnan(v) else floatfmt.format(v)
+        return str(v)
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

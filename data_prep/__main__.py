@@ -111,8 +111,8 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
 
 
 def _cmd_splits(a: argparse.Namespace) -> None:
-    from data_prep.prepare import read_manifest  # noqa: PLC0415
-    from data_prep.splits import read_splits, write_splits  # noqa: PLC0415
+    from data_prep.splits import write_splits  # noqa: PLC0415
+    from data_prep.work import read_manifest, read_splits  # noqa: PLC0415
 
     work = _work(a.work)
     manifest = read_manifest(work)

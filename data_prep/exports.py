@@ -32,16 +32,24 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+import yaml
 
 from common.io import atomic_write_text
 from data_prep.constants import CLASSES
-from data_prep.prepare import read_manifest
-from data_prep.splits import fold_of, read_splits
-from data_prep.volumes import load_volume, mask_path, to_uint8, volume_path
+from data_prep.volumes import to_uint8
+from data_prep.work import (
+    exports_dir,
+    fold_entry,
+    fold_of,
+    load_volume,
+    mask_path,
+    read_manifest,
+    read_splits,
+    volume_path,
+)
 
 logger = logging.getLogger(__name__)
 
-EXPORTS_DIR = "exports"
 #: Slice thickness (mm) of the competition's scans; the file names give only the in-plane spacing.
 DEFAULT_Z_SPACING_MM = 3.0
 BOX_KERNEL_FRACTION = 0.04
@@ -60,13 +68,6 @@ def _write_once(path: Path, text: str, overwrite: bool) -> Path:
     atomic_write_text(path, text)
     logger.info("wrote %s", path)
     return path
-
-
-def _check_fold(splits: dict[str, Any], fold: int) -> dict[str, Any]:
-    n = splits["n_folds"]
-    if not 0 <= fold < n:
-        raise ValueError(f"fold must be in [0, {n - 1}] (splits.json has {n} folds), got {fold}")
-    return splits["folds"][fold]
 
 
 def _labelled_manifest(work: Path) -> pd.DataFrame:
@@ -104,7 +105,7 @@ def export_classifier(work: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``WORK/exports/classifier.csv`` (see :func:`classifier_table`); returns its path."""
     work = Path(work)
     table = classifier_table(_labelled_manifest(work), read_splits(work))
-    return _write_once(work / EXPORTS_DIR / "classifier.csv", table.to_csv(index=False, lineterminator="\n"), overwrite)
+    return _write_once(exports_dir(work) / "classifier.csv", table.to_csv(index=False, lineterminator="\n"), overwrite)
 
 
 # ---------------------------------------------------------------------------------------------------------- boxes
@@ -203,11 +204,11 @@ def export_boxes(work: str | os.PathLike, overwrite: bool = False, progress: boo
     """Write ``WORK/exports/boxes.csv`` (see :func:`boxes_table`); returns its path."""
     work = Path(work)
     table = boxes_table(work, progress=progress, workers=workers)
-    return _write_once(work / EXPORTS_DIR / "boxes.csv", table.to_csv(index=False, lineterminator="\n"), overwrite)
+    return _write_once(exports_dir(work) / "boxes.csv", table.to_csv(index=False, lineterminator="\n"), overwrite)
 
 
 def _read_boxes(work: Path, progress: bool) -> pd.DataFrame:
-    path = work / EXPORTS_DIR / "boxes.csv"
+    path = exports_dir(work) / "boxes.csv"
     if not path.is_file():
         export_boxes(work, progress=progress)
     return pd.read_csv(path)
@@ -252,8 +253,8 @@ def export_yolo(
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     manifest = _labelled_manifest(work)
-    f = _check_fold(read_splits(work), fold)
-    root = work / EXPORTS_DIR / "yolo"
+    f = fold_entry(read_splits(work), fold)
+    root = exports_dir(work) / "yolo"
     meta = {"fold": int(fold), "step": int(step), "n_slices": len(manifest)}
     marker = root / "export.json"
     if marker.is_file():
@@ -336,7 +337,7 @@ def datalist(
         see :func:`data_prep.volumes.unpack_mask`), spacing ``[z, y, x]`` mm, shape ``[D, H, W]``.
     """
     work = Path(work).resolve()
-    f = _check_fold(splits, fold)
+    f = fold_entry(splits, fold)
     info = manifest.groupby("case_day", sort=False).agg(
         depth=("id", "size"), height=("height", "first"), width=("width", "first"), px_h=("px_h", "first"),
         px_w=("px_w", "first"), case=("case", "first"),
@@ -376,5 +377,72 @@ def export_3d(
     out = []
     for k in folds:
         text = json.dumps(datalist(work, manifest, splits, k, z_spacing), indent=1) + "\n"
-        out.append(_write_once(work / EXPORTS_DIR / "3d" / f"fold_{k}" / "datalist.json", text, overwrite))
+        out.append(_write_once(exports_dir(work) / "3d" / f"fold_{k}" / "datalist.json", text, overwrite))
     return out
+
+
+def read_datalist(work: str | os.PathLike, fold: int) -> dict[str, dict[str, Any]]:
+    """The 3D export of one fold, every entry keyed by case-day (training and validation together).
+
+    Entries are as :func:`datalist` writes them: ``{"case_day", "image", "label", "spacing": [z, y, x], "shape"}``.
+
+    Raises:
+        FileNotFoundError: no export for this fold (the message names the command that makes it).
+        ValueError: a malformed file.
+    """
+    path = exports_dir(work) / "3d" / f"fold_{int(fold)}" / "datalist.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"3D export {path} not found: make it with `python -m data_prep export 3d --work {work} --fold {fold}`"
+        )
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    entries = [e for part in ("training", "validation") for e in raw.get(part, [])]
+    if not entries or not all(isinstance(e, dict) and {"case_day", "image"} <= set(e) for e in entries):
+        raise ValueError(f"{path}: expected {{'training': [...], 'validation': [...]}} of case-day entries")
+    return {str(e["case_day"]): e for e in entries}
+
+
+YOLO_EXPORT_HINT = "python -m data_prep export yolo --work {work} --fold {fold}"
+
+
+def find_yolo_export(work: str | os.PathLike, fold: int | str | None = None) -> Path:
+    """The ``data.yaml`` of the YOLO export in ``WORK``, checked for the requested fold.
+
+    Looks at ``WORK/exports/yolo/fold_{fold}/data.yaml`` then ``WORK/exports/yolo/data.yaml``.
+
+    Raises:
+        FileNotFoundError: no export (the message names the command that makes it).
+        ValueError: the export was made for another fold.
+    """
+    root = exports_dir(work) / "yolo"
+    fold_s = "all" if fold is None else str(fold)
+    candidates = [root / f"fold_{fold_s}" / "data.yaml", root / "data.yaml"]
+    for cand in candidates:
+        if cand.is_file():
+            meta = yaml.safe_load(cand.read_text()) or {}
+            made_for = meta.get("fold")
+            info = cand.parent / "export.json"  # data_prep records the fold there
+            if made_for is None and info.is_file():
+                made_for = json.loads(info.read_text()).get("fold")
+            if made_for is not None and fold is not None and str(made_for) != fold_s:
+                raise ValueError(
+                    f"{cand} was exported for fold {made_for}, not fold {fold_s}: run "
+                    f"`{YOLO_EXPORT_HINT.format(work=work, fold=fold_s)} --overwrite` to export this fold"
+                )
+            return cand
+    raise FileNotFoundError(
+        f"no YOLO export in {root} (looked for {', '.join(str(c) for c in candidates)}): make it with "
+        f"`{YOLO_EXPORT_HINT.format(work=work, fold=fold_s)}`"
+    )
+
+
+def read_classifier_table(work: str | os.PathLike) -> pd.DataFrame:
+    """``WORK/exports/classifier.csv`` (``id, case_day, z, fold`` and one 0/1 presence column per class).
+
+    Raises:
+        FileNotFoundError: no export (the message names the command that makes it).
+    """
+    path = exports_dir(work) / "classifier.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: make it with `python -m data_prep export classifier --work {work}`")
+    return pd.read_csv(path, dtype={"id": str, "case_day": str}, keep_default_na=False)

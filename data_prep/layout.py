@@ -16,14 +16,15 @@ import logging
 import os
 import struct
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from data_prep.constants import CASE_DAY_DIR_RE, CASE_DIR_RE, CLASSES, SCAN_NAME_RE, SLICE_ID_RE
-from data_prep.rle import RLEError, rle_runs
+from data_prep.constants import CASE_DAY_DIR_RE, CASE_DIR_RE, CLASSES, SCAN_NAME_RE, SLICE_ID_RE, case_day_of
+from data_prep.rle import RLEError, decode_case_day, rle_runs
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +80,18 @@ def png_header(path: str | os.PathLike) -> tuple[int, int, int, int]:
     return int(width), int(height), int(bit_depth), int(color_type)
 
 
-def read_labels(path: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """Read ``train.csv`` (``id,class,segmentation``) into one row per slice.
+def read_rle_table(path: str | os.PathLike | pd.DataFrame, column: str | None = None) -> pd.DataFrame:
+    """Read a label or submission table into one row per slice id with one RLE column per class.
 
     Args:
-        path: a CSV file (``.csv`` or ``.csv.gz``) or a DataFrame with the same columns.
+        path: ``train.csv`` (``id,class,segmentation``), a submission (``id,class,predicted``), ``.csv.gz`` too,
+            or a DataFrame with those columns.
+        column: the RLE column; None picks ``segmentation`` or ``predicted``, whichever exists.
 
     Returns:
-        DataFrame with columns ``id`` and one RLE column per class of ``CLASSES`` (``""`` for an empty
-        mask or a class row that is absent), one row per id, in the order the ids first appear;
-        ``attrs["source"]`` names the file (for error messages).
+        DataFrame with columns ``id`` and one RLE column per class of ``CLASSES`` (``""`` for an empty mask or a
+        class row that is absent), one row per id, in the order the ids first appear; ``attrs["source"]`` names
+        the file (for error messages).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -100,20 +103,23 @@ def read_labels(path: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(
-                f"labels file {p} not found; expected a train.csv with columns id,class,segmentation"
+                f"labels file {p} not found; expected a CSV with columns id,class,segmentation (labels) or "
+                "id,class,predicted (a submission)"
             )
         where = str(p)
         try:
             df = pd.read_csv(p, dtype=str, keep_default_na=False)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise ValueError(f"{where}: cannot be read as CSV ({e}); expected columns id,class,segmentation") from None
-    missing = [c for c in LABEL_COLUMNS if c not in df.columns]
+    if column is None:
+        column = next((c for c in ("segmentation", "predicted") if c in df.columns), "segmentation")
+    need = ["id", "class", column]
+    missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(
-            f"{where}: missing column(s) {missing}; expected columns id,class,segmentation, got {list(df.columns)}"
+            f"{where}: missing column(s) {missing}; expected columns {','.join(need)}, got {list(df.columns)}"
         )
-    df = df[list(LABEL_COLUMNS)].astype(object).where(df[list(LABEL_COLUMNS)].notna(), "")
-    df = df.astype(str)
+    df = df[need].astype(object).where(df[need].notna(), "").astype(str)
     unknown = sorted(set(df["class"]) - set(CLASSES))
     if unknown:
         raise ValueError(f"{where}: unknown class name(s) {unknown}; expected only {list(CLASSES)}")
@@ -127,12 +133,69 @@ def read_labels(path: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
         rows = (df.loc[dup, "id"] + "/" + df.loc[dup, "class"]).unique().tolist()
         raise ValueError(f"{where}: {len(rows)} (id, class) pair(s) appear more than once: {_first(rows)}")
     ids = pd.unique(df["id"])
-    wide = df.pivot(index="id", columns="class", values="segmentation")
+    wide = df.pivot(index="id", columns="class", values=column)
     wide = wide.reindex(index=ids, columns=list(CLASSES)).fillna("")
     wide = wide.reset_index()
     wide.columns.name = None
     wide.attrs["source"] = where
     return wide
+
+
+def read_labels(path: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    """Read ``train.csv`` (``id,class,segmentation``) into one row per slice: :func:`read_rle_table` of the
+    ``segmentation`` column."""
+    return read_rle_table(path, column="segmentation")
+
+
+def shapes_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Reduce a manifest (:func:`read_layout`, WORK's ``manifest.csv`` or ``scan_manifest.csv``) to ``id, case_day,
+    height, width``, sorted in z order (case, day, slice)."""
+    need = {"id", "height", "width"}
+    if not need <= set(manifest.columns):
+        raise ValueError(f"manifest needs columns {sorted(need)}, got {list(manifest.columns)}")
+    m = manifest[["id", "height", "width"]].copy()
+    parts = m["id"].str.extract(SLICE_ID_RE.pattern).astype(int)
+    m["case_day"] = m["id"].map(case_day_of)
+    m = m.assign(_c=parts["case"], _d=parts["day"], _s=parts["slice"]).sort_values(["_c", "_d", "_s"], kind="stable")
+    return m.drop(columns=["_c", "_d", "_s"]).reset_index(drop=True)
+
+
+class RLEVolumes(Mapping):
+    """A lazy ``{case_day: bool (D, C, H, W)}`` mapping over an RLE table, decoded one case-day at a time.
+
+    Args:
+        table: output of :func:`read_rle_table`.
+        manifest: :func:`shapes_manifest` output (sizes and z order); slices of a case-day absent from ``table``
+            are empty.
+        case_days: keys to expose (default: the case-days of ``table``).
+    """
+
+    def __init__(self, table: pd.DataFrame, manifest: pd.DataFrame, case_days: Sequence[str] | None = None):
+        self.source = table.attrs.get("source", "table")
+        self._rle = table.set_index("id")[list(CLASSES)]
+        self._groups = {k: g for k, g in manifest.groupby("case_day", sort=False)}
+        keys = sorted(set(table["id"].map(case_day_of))) if case_days is None else list(case_days)
+        missing = [k for k in keys if k not in self._groups]
+        if missing:
+            raise ValueError(f"{self.source}: case-day(s) {_first(missing)} are not in the scan tree/manifest")
+        self._keys = sorted(keys)
+
+    def rles(self, case_day: str) -> tuple[list[str], int, int, list[list[str]]]:
+        """``(ids, H, W, rows of C strings)`` of one case-day, z order."""
+        g = self._groups[case_day]
+        ids = g["id"].tolist()
+        rows = self._rle.reindex(ids).fillna("").to_numpy().tolist()
+        return ids, int(g["height"].iloc[0]), int(g["width"].iloc[0]), rows
+
+    def __getitem__(self, case_day: str) -> np.ndarray:
+        ids, h, w, rows = self.rles(case_day)
+        return decode_case_day(rows, h, w, ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def _scan_tree(tree: Path) -> tuple[list[tuple], list[str], list[str]]:

@@ -15,7 +15,6 @@ result is byte-identical to an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -25,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from common.io import atomic_save_npy, atomic_write_text
 from data_prep.constants import (
     CLASSES,
     DEFAULT_CHANNELS,
@@ -39,44 +36,24 @@ from data_prep.constants import (
     NUM_CLASSES,
 )
 from data_prep.rle import rle_runs
-from data_prep.volumes import MASKS_DIR, VOLUMES_DIR, mask_path, stack_indices, unpack_mask, volume_path
+from data_prep.volumes import stack_indices, unpack_mask
+from data_prep.work import (
+    MASKS_DIR,
+    OWNED,
+    PREPARE_JSON,
+    VOLUMES_DIR,
+    mask_path,
+    read_prepare_json,
+    save_mask,
+    save_volume,
+    volume_path,
+    write_manifest,
+    write_prepare_json,
+)
 
 logger = logging.getLogger(__name__)
 
 PREPARE_VERSION = 1
-PREPARE_JSON = "prepare.json"
-MANIFEST_CSV = "manifest.csv"
-#: What ``prepare`` makes in WORK (cleared by ``overwrite``); nothing else there is touched.
-OWNED = (PREPARE_JSON, MANIFEST_CSV, VOLUMES_DIR, MASKS_DIR, "splits", "exports")
-
-
-def read_prepare_json(work: str | os.PathLike) -> dict[str, Any] | None:
-    """``WORK/prepare.json`` as a dict, or None when absent."""
-    path = Path(work) / PREPARE_JSON
-    if not path.is_file():
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); pass --overwrite to prepare this WORK again") from None
-
-
-def read_manifest(work: str | os.PathLike) -> pd.DataFrame:
-    """``WORK/manifest.csv`` (see docs/contracts.md), one row per slice in manifest order.
-
-    Raises:
-        FileNotFoundError: not prepared yet, or the preparation did not finish.
-    """
-    work = Path(work)
-    path = work / MANIFEST_CSV
-    state = read_prepare_json(work)
-    if not path.is_file() or state is None or state.get("status") != "done":
-        raise FileNotFoundError(
-            f"{path} not found or its preparation did not finish; run "
-            f"`python -m data_prep prepare --data-root DIR --out {work}` (again, to resume)"
-        )
-    return pd.read_csv(path, keep_default_na=False)
 
 
 def _clear(work: Path) -> None:
@@ -133,7 +110,7 @@ def _prepare_case_day(task: dict[str, Any]) -> tuple[str, np.ndarray | None]:
     volume = np.empty((len(paths), h, w), dtype=np.uint16)
     for z, p in enumerate(paths):
         volume[z] = read_scan(p, expected_hw=(h, w))
-    atomic_save_npy(volume_path(work, cd), volume)
+    save_volume(work, cd, volume)
     del volume
     rles = task.get("rles")
     if rles is None:
@@ -146,7 +123,7 @@ def _prepare_case_day(task: dict[str, Any]) -> tuple[str, np.ndarray | None]:
                 starts, lengths = rle_runs(rle, h * w, row_id=f"{sid}/{CLASSES[c]}")
                 packed[z, _run_pixels(starts, lengths)] |= np.uint8(1 << c)
                 areas[z, c] = int(lengths.sum())
-    atomic_save_npy(mask_path(work, cd), packed.reshape(len(paths), h, w))
+    save_mask(work, cd, packed.reshape(len(paths), h, w))
     return cd, areas
 
 
@@ -254,7 +231,7 @@ def prepare(
 
     work.mkdir(parents=True, exist_ok=True)
     base = {"version": PREPARE_VERSION, "args": args}
-    atomic_write_text(work / PREPARE_JSON, json.dumps({**base, "status": "running"}, indent=2) + "\n")
+    write_prepare_json(work, {**base, "status": "running"})
     _remove_tmp(work)
 
     manifest = read_layout(root, split=split, labels=labels, strict=strict)
@@ -319,7 +296,7 @@ def prepare(
             table[f"has_{name}"] = (area[:, c] > 0).astype(np.int64)
         for c, name in enumerate(CLASSES):
             table[f"area_{name}"] = area[:, c]
-    atomic_write_text(work / MANIFEST_CSV, table.to_csv(index=False, lineterminator="\n"))
+    write_manifest(work, table)
 
     if has_labels:
         s = args["splits"]
@@ -341,6 +318,6 @@ def prepare(
         "n_slices": len(manifest),
         "labels": has_labels,
     }
-    atomic_write_text(work / PREPARE_JSON, json.dumps(state, indent=2) + "\n")
+    write_prepare_json(work, state)
     logger.info("prepared %d slices, %d case-days in %s", state["n_slices"], state["n_case_days"], work)
     return state

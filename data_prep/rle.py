@@ -1,6 +1,6 @@
 """Run-length encoding of the competition: ``start length`` pairs, starts 1-indexed, row-major (C) order.
 
-A leaf module: it imports nothing from later stages, so every stage may use it.
+A leaf module (numpy and the class names only), so every stage may use it.
 
 >>> import numpy as np
 >>> m = np.zeros((3, 4), dtype=np.uint8); m[1, 1:3] = 1; m[2, 0] = 1
@@ -12,7 +12,11 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from data_prep.constants import CLASSES
 
 
 class RLEError(ValueError):
@@ -121,3 +125,31 @@ def rle_encode(mask: np.ndarray) -> str:
 def rle_area(rle: str | float | None, size: int, row_id: str | None = None) -> int:
     """Number of foreground pixels of a run-length string, without decoding it."""
     return int(rle_runs(rle, size, row_id)[1].sum())
+
+
+def _class_name(c: int) -> str:
+    return CLASSES[c] if c < len(CLASSES) else str(c)
+
+
+def decode_case_day(
+    rles: Sequence[Sequence[str]], height: int, width: int, ids: Sequence[str] | None = None
+) -> np.ndarray:
+    """Decode the RLE strings of one case-day into masks.
+
+    Args:
+        rles: ``D`` rows of ``C`` strings (``""`` = empty), z order.
+        height, width: image size.
+        ids: slice ids, named in RLE errors (with the class name).
+
+    Returns:
+        bool ``(D, C, H, W)``.
+    """
+    d = len(rles)
+    c = len(rles[0]) if d else 0
+    out = np.zeros((d, c, height, width), dtype=bool)
+    for z, row in enumerate(rles):
+        for k, rle in enumerate(row):
+            if rle:
+                where = None if ids is None else f"{ids[z]}/{_class_name(k)}"
+                out[z, k] = rle_decode(rle, (height, width), row_id=where)
+    return out

@@ -21,7 +21,6 @@ refuses to change an existing file unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from common.io import atomic_write_text
+from common.io import atomic_write_text, markdown_table
 from data_prep.constants import (
     CLASSES,
     DEFAULT_FAULTY_CASE_DAYS,
@@ -41,12 +40,12 @@ from data_prep.constants import (
     DEFAULT_TAIL,
     SPLIT_VARIANTS,
 )
+from data_prep.work import read_manifest, read_splits, splits_path, write_splits_json
 
 logger = logging.getLogger(__name__)
 
 SPLITS_VERSION = 1
 SPLIT_METHODS = ("group", "stratified_group")
-SPLITS_DIR = "splits"
 #: Reasons in ``dropped.csv``, and the variants each one filters.
 DROP_REASONS = {"fault": SPLIT_VARIANTS, "tail": ("notail",), "head": ("notail",), "noanno": ("noanno",)}
 
@@ -276,13 +275,6 @@ def report_table(splits: dict[str, Any], manifest: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def _markdown_table(df: pd.DataFrame) -> str:
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def report_markdown(splits: dict[str, Any], table: pd.DataFrame, drops: pd.DataFrame, n_slices: int) -> str:
     """The human-readable report: settings, what each filter dropped, counts per fold and variant."""
     per_reason = drops.groupby("reason").agg(slices=("id", "size"), case_days=("case_day", "nunique"))
@@ -298,40 +290,14 @@ def report_markdown(splits: dict[str, Any], table: pd.DataFrame, drops: pd.DataF
         "",
         "## Slices dropped by each filter (whole manifest)",
         "",
-        _markdown_table(per_reason),
+        markdown_table(per_reason).rstrip("\n"),
         "",
         "## Counts per fold and variant",
         "",
-        _markdown_table(table),
+        markdown_table(table).rstrip("\n"),
         "",
     ]
     return "\n".join(lines)
-
-
-def splits_path(work: str | os.PathLike) -> Path:
-    """``WORK/splits/splits.json``."""
-    return Path(work) / SPLITS_DIR / "splits.json"
-
-
-def read_splits(work: str | os.PathLike) -> dict[str, Any]:
-    """Read ``WORK/splits/splits.json``.
-
-    Raises:
-        FileNotFoundError: no splits yet (the message says how to make them).
-    """
-    path = splits_path(work)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"splits not found: {path}. Make them with `python -m data_prep splits --work {work}` "
-            "(or `prepare` on a data root with train.csv)."
-        )
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def fold_of(splits: dict[str, Any]) -> dict[str, int]:
-    """Map slice id -> the fold in which it is validated."""
-    return {sid: f["fold"] for f in splits["folds"] for sid in f["val"]}
 
 
 def _settings(s: dict[str, Any]) -> dict[str, Any]:
@@ -369,10 +335,7 @@ def write_splits(
     """
     work = Path(work)
     if manifest is None:
-        mpath = work / "manifest.csv"
-        if not mpath.is_file():
-            raise FileNotFoundError(f"manifest not found: {mpath}. Run `python -m data_prep prepare` first.")
-        manifest = pd.read_csv(mpath, keep_default_na=False)
+        manifest = read_manifest(work)
     method = _normalise_method(method)
     wanted = {
         "version": SPLITS_VERSION,
@@ -403,6 +366,6 @@ def write_splits(
     atomic_write_text(out / "dropped.csv", drops.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(out / "report.csv", table.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(out / "report.md", report_markdown(splits, table, drops, len(manifest)))
-    atomic_write_text(path, json.dumps(splits) + "\n")
+    write_splits_json(work, splits)
     logger.info("wrote %s (%d folds, %d slices)", path, n_folds, len(manifest))
     return splits

@@ -1,10 +1,9 @@
-"""Case-day volumes and masks of a WORK folder, and the 2.5D stacks built from them at load time.
+"""Array conventions of case-day volumes and masks: bit-field packing, 2.5D stacks, 8-bit display. Pure numpy.
 
-A WORK folder holds one uint16 volume ``(D, H, W)`` per case-day (``WORK/volumes/{case_day}.npy``) and, with
-labels, one uint8 bit-field mask ``(D, H, W)`` (``WORK/masks/{case_day}.npy``): bit ``c`` is set where class
-``CLASSES[c]`` is present. Both are plain ``.npy`` files opened memory-mapped, so a loader touches only the
-slices it reads. 2.5D inputs are never stored: :func:`stack_25d` gathers the channels ``[z - s*k, ..., z, ...,
-z + s*k]`` (clamped at the volume ends) from the volume.
+A WORK folder (:mod:`data_prep.work` reads and writes it) holds one uint16 volume ``(D, H, W)`` per case-day and,
+with labels, one uint8 bit-field mask ``(D, H, W)``: bit ``c`` is set where class ``CLASSES[c]`` is present.
+2.5D inputs are never stored: :func:`stack_25d` gathers the channels ``[z - s*k, ..., z, ..., z + s*k]``
+(clamped at the volume ends) from the volume.
 
 >>> stack_indices(0, 10, stride=2, channels=3).tolist()
 [0, 0, 2]
@@ -17,15 +16,9 @@ True
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 from data_prep.constants import CLASSES, NUM_CLASSES
-
-VOLUMES_DIR = "volumes"
-MASKS_DIR = "masks"
 
 
 def stack_indices(z: int, depth: int, stride: int = 2, channels: int = 3) -> np.ndarray:
@@ -60,7 +53,7 @@ def stack_25d(volume: np.ndarray, z: int, stride: int = 2, channels: int = 3) ->
     """The 2.5D input of slice ``z``: the slices :func:`stack_indices` names, stacked as channels.
 
     Args:
-        volume: ``(D, H, W)`` array (any dtype, e.g. the uint16 memmap of :func:`load_volume`).
+        volume: ``(D, H, W)`` array (any dtype, e.g. the uint16 memmap of :func:`data_prep.work.load_volume`).
         z: centre slice.
         stride: step between channels.
         channels: number of channels (odd).
@@ -95,7 +88,7 @@ def unpack_mask(packed: np.ndarray) -> np.ndarray:
     """Unpack a bit field into binary class masks.
 
     Args:
-        packed: uint8 ``(..., H, W)`` bit field (e.g. a slice or the whole memmap of :func:`load_mask`).
+        packed: uint8 ``(..., H, W)`` bit field (e.g. a slice or the whole memmap of :func:`data_prep.work.load_mask`).
 
     Returns:
         uint8 ``(..., C, H, W)`` with values 0/1, channels in the order of ``CLASSES``.
@@ -105,35 +98,6 @@ def unpack_mask(packed: np.ndarray) -> np.ndarray:
         raise ValueError(f"packed mask must be (..., H, W), got shape {packed.shape}")
     bits = np.arange(NUM_CLASSES, dtype=np.uint8).reshape((NUM_CLASSES, 1, 1))
     return (packed[..., None, :, :] >> bits) & np.uint8(1)
-
-
-def volume_path(work: str | os.PathLike, case_day: str) -> Path:
-    """``WORK/volumes/{case_day}.npy``."""
-    return Path(work) / VOLUMES_DIR / f"{case_day}.npy"
-
-
-def mask_path(work: str | os.PathLike, case_day: str) -> Path:
-    """``WORK/masks/{case_day}.npy``."""
-    return Path(work) / MASKS_DIR / f"{case_day}.npy"
-
-
-def _open(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{what} not found: {path}. Run `python -m data_prep prepare --data-root DIR --out {path.parent.parent}` "
-            "first (masks exist only when the data root has train.csv)."
-        )
-    return np.load(path, mmap_mode="r")
-
-
-def load_volume(work: str | os.PathLike, case_day: str) -> np.ndarray:
-    """The uint16 ``(D, H, W)`` volume of a case-day, memory-mapped read-only (z in manifest order)."""
-    return _open(volume_path(work, case_day), "volume")
-
-
-def load_mask(work: str | os.PathLike, case_day: str) -> np.ndarray:
-    """The uint8 ``(D, H, W)`` bit-field mask of a case-day, memory-mapped read-only; see :func:`unpack_mask`."""
-    return _open(mask_path(work, case_day), "mask")
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""Stage 3: fuse, gate, threshold, post-process, RLE, submission; the competition metric; the weight search.
+"""Ensembles: fusion, gate, thresholds and post-processing as one rule on arrays; ensemble specs; the search.
 
-Modules (nothing is imported here, so ``import ensembles.metric`` stays a leaf import):
-``metric`` (the competition metric), ``core`` (pure fusion and post-processing), ``spec`` (ensemble specs),
-``io`` (tables, probability folders, atomic writes), ``scoring`` (score CSVs), ``search`` (tune on OOF),
-``pipeline`` (test tree -> submission, used by ``tools/infer.py``). CLI: ``python -m ensembles {score,search}``.
+Modules: ``core`` (pure fusion and post-processing, :func:`ensembles.core.ensemble`: the one rule that the search
+scores and inference runs), ``spec`` (ensemble specs), ``search`` (tune weights and thresholds on out-of-fold
+probability folders). CLI: ``python -m ensembles {score,search}`` (``score`` is :mod:`evaluation.scoring`).
+Running an ensemble on a test tree is :mod:`inference.pipeline`.
 """

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ensembles.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, EMPTY_CONVENTIONS, HAUSDORFF_VARIANTS
+from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, EMPTY_CONVENTIONS, HAUSDORFF_VARIANTS
 
 
 def _metric_args(p: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _score(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ensembles.scoring import score_files, write_report
+    from evaluation.scoring import score_files, write_report
 
     res = score_files(
         a.truth,
@@ -97,9 +97,9 @@ def _score(a: argparse.Namespace) -> int:
 
 
 def _search(a: argparse.Namespace) -> int:
-    from ensembles.scoring import manifest_for
     from ensembles.search import run_search
     from ensembles.spec import load_spec
+    from evaluation.scoring import manifest_for
 
     spec = load_spec(a.spec)
     manifest = manifest_for(a.data_root, a.split, a.manifest) if (a.data_root or a.manifest) else None

@@ -1,7 +1,9 @@
-"""The fusion core: pure functions on one case-day's arrays, no file IO.
+"""The fusion core: pure functions on one case-day's arrays, no file IO; arrays in, arrays out.
 
-weighted mean of probability maps -> gate keep masks -> per-class thresholds -> emptying weak classes ->
-small-component removal -> RLE rows -> submission order.
+weighted mean of probability maps (models within their group, then the 2.5D and 3D groups) -> the gate's keep
+masks -> per-class thresholds -> emptying weak classes -> small-component removal. :func:`ensemble` is that
+whole rule in one function: the search (:mod:`ensembles.search`) scores its candidates with it and inference
+(:mod:`inference.pipeline`) predicts with it, so the two cannot disagree.
 
 >>> import numpy as np
 >>> a = np.full((2, 3, 4, 4), 0.2, np.float32); b = np.full((2, 3, 4, 4), 0.8, np.float32)
@@ -14,14 +16,13 @@ small-component removal -> RLE rows -> submission order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import cc3d
 import numpy as np
-import pandas as pd
 
-from data_prep.constants import CLASSES
-from data_prep.rle import rle_encode
+from gating.gate import gate_decisions, presence_from_masks
 
 
 def normalise_weights(weights: Sequence[float] | None, n: int, what: str = "weights") -> np.ndarray:
@@ -112,6 +113,11 @@ class WeightedMean:
             raise ValueError(f"{name}: probability map holds NaN or inf")
         self._sum += np.float32(weight) * pf
         self._w += float(weight)
+
+    @property
+    def weight(self) -> float:
+        """The sum of the weights added so far."""
+        return self._w
 
     def result(self) -> np.ndarray:
         """float32 weighted mean; raises ValueError when nothing (or only weight 0) was added."""
@@ -240,44 +246,132 @@ def postprocess(
     return masks
 
 
-def encode_rows(ids: Sequence[str], masks: np.ndarray, classes: Sequence[str] = CLASSES) -> list[tuple[str, str, str]]:
-    """Submission rows of one case-day: ``(id, class, rle)``, three per slice in class order.
+#: The fusion groups, in order: a model's ``kind`` names its group.
+GROUPS: tuple[str, ...] = ("2.5d", "3d")
 
-    Args:
-        ids: ``D`` slice ids, z order.
-        masks: bool ``(D, C, H, W)``.
 
-    Returns:
-        ``D * C`` tuples.
+@dataclass
+class ModelMap:
+    """One segmenter's contribution to :func:`fuse_models`.
+
+    Attributes:
+        name: named in errors.
+        kind: its group, ``"2.5d"`` or ``"3d"``.
+        weight: its weight inside the group (``>= 0``; normalised over the group).
+        probs: float ``(D, C, H, W)`` in ``[0, 1]``, or a function returning it: called only when the weight and
+            the group's weight are positive (inference runs a model only when it counts).
     """
-    if len(ids) != masks.shape[0] or masks.shape[1] != len(classes):
-        raise ValueError(f"{len(ids)} ids and {len(classes)} classes do not match masks of shape {masks.shape}")
-    return [(sid, cls, rle_encode(masks[z, c])) for z, sid in enumerate(ids) for c, cls in enumerate(classes)]
+
+    name: str
+    kind: str
+    weight: float
+    probs: np.ndarray | Callable[[], np.ndarray]
+
+    def load(self) -> np.ndarray:
+        """The map (calling ``probs`` when it is a function)."""
+        return self.probs() if callable(self.probs) else self.probs
 
 
-def order_rows(rows: pd.DataFrame, sample: pd.DataFrame | None, source: str = "sample_submission.csv") -> pd.DataFrame:
-    """Put submission rows in ``sample_submission`` order (or keep their order when it is header-only / None).
+def fuse_models(maps: Iterable[ModelMap], weight_2d: float, weight_3d: float) -> np.ndarray | None:
+    """Weighted mean of segmenter maps: within each group (``kind``) with the models' weights, then across the groups
+    with ``weight_2d`` / ``weight_3d`` (both normalised over what is present).
 
-    Args:
-        rows: DataFrame ``id, class, predicted`` covering every slice predicted.
-        sample: the sample submission (``id, class`` columns, may be empty).
-        source: named in errors.
+    A model of weight 0, and every model of a group of weight 0, is left out without computing its map; a group
+    whose models all weigh 0 is left out. Memory holds one running sum per group and one map at a time.
 
     Returns:
-        DataFrame ``id, class, predicted`` in the sample's order (exactly its rows) or ``rows``' order.
+        float32 ``(D, C, H, W)``, or None when nothing has a positive weight (the ensemble predicts nothing).
 
     Raises:
-        ValueError: ids/classes of the sample that were not predicted (absent from the tree), named.
+        ValueError: unknown kind, negative weight, shapes that differ, NaN in a map (named).
     """
-    if sample is None or len(sample) == 0:
-        return rows.reset_index(drop=True)
-    key = ["id", "class"]
-    merged = sample[key].merge(rows, on=key, how="left", indicator=True)
-    missing = merged.loc[merged["_merge"] == "left_only", "id"].unique().tolist()
-    if missing:
-        raise ValueError(
-            f"{source}: {len(missing)} id(s) are not in the test tree: {', '.join(missing[:5])}"
-            + (" ..." if len(missing) > 5 else "")
-            + "; give the sample_submission.csv that belongs to this tree"
+    group_w = {"2.5d": float(weight_2d), "3d": float(weight_3d)}
+    acc = {g: WeightedMean() for g in GROUPS}
+    for m in maps:
+        if m.kind not in group_w:
+            raise ValueError(f"model {m.name!r}: kind {m.kind!r} is not a fusion group {GROUPS}")
+        if not (np.isfinite(m.weight) and m.weight >= 0):
+            raise ValueError(f"model {m.name!r}: weight must be finite and >= 0, got {m.weight}")
+        if m.weight > 0 and group_w[m.kind] > 0:
+            acc[m.kind].add(m.load(), m.weight, m.name)
+    fused = WeightedMean()
+    for g in GROUPS:
+        if acc[g].weight > 0:
+            fused.add(acc[g].result(), group_w[g], f"the {g} group")
+    return fused.result() if fused.weight > 0 else None
+
+
+def gate_keep(
+    gate: Mapping,
+    shape: tuple[int, int],
+    cls_probs: np.ndarray | None = None,
+    gate_probs: np.ndarray | Callable[[], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The gate's decision per slice and class.
+
+    Args:
+        gate: the spec's gate section: ``method`` ``none`` | ``classifier`` (``thresholds``, ``smooth``,
+            ``min_consecutive``) | ``unet_count`` (``pixel_thr``, ``min_pixels``).
+        shape: ``(D, C)``.
+        cls_probs: float ``(D, C)`` presence probabilities of the classifier(s) (method ``classifier``).
+        gate_probs: float ``(D, C, H, W)`` mean probabilities of the gate U-Nets, or a function returning them
+            (method ``unet_count``).
+
+    Returns:
+        bool ``(D, C)``.
+
+    Raises:
+        ValueError: unknown method, or the input its method needs is missing.
+    """
+    method = gate.get("method", "none")
+    if method == "none":
+        return np.ones(shape, dtype=bool)
+    if method == "classifier":
+        if cls_probs is None:
+            raise ValueError("gate method 'classifier' needs the classifier's presence probabilities")
+        keep = gate_decisions(
+            cls_probs, gate.get("thresholds", 0.5), gate.get("smooth", 0), gate.get("min_consecutive", 1)
         )
-    return merged.drop(columns="_merge").reset_index(drop=True)
+    elif method == "unet_count":
+        if gate_probs is None:
+            raise ValueError("gate method 'unet_count' needs the gate U-Nets' probabilities")
+        probs = gate_probs() if callable(gate_probs) else gate_probs
+        keep = presence_from_masks(probs, gate.get("pixel_thr", 0.6), gate.get("min_pixels", 12))
+    else:
+        raise ValueError(f"unknown gate method {method!r}; expected none, classifier or unet_count")
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != tuple(shape):
+        raise ValueError(f"gate decisions of shape {keep.shape}, expected {tuple(shape)}")
+    return keep
+
+
+def ensemble(
+    maps: Iterable[ModelMap],
+    shape: tuple[int, int, int, int],
+    fusion: Mapping,
+    keep: np.ndarray | None,
+    thresholds: float | Sequence[float],
+    post: Mapping,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whole rule on one case-day: fuse -> gate -> threshold -> post-process.
+
+    Args:
+        maps: the segmenters (:class:`ModelMap`), in any order.
+        shape: ``(D, C, H, W)`` of the case-day's maps.
+        fusion: ``{"weight_2d", "weight_3d"}``.
+        keep: bool ``(D, C)`` or ``(D,)`` gate decisions (:func:`gate_keep`), or None to keep everything.
+        thresholds: one pixel threshold or one per class.
+        post: ``{"max_prob_floor", "min_component", "component_mode"}``.
+
+    Returns:
+        ``(probs float32 (D, C, H, W), masks bool (D, C, H, W))``: fused and gated probabilities (zeros when every
+        weight is 0) and the final masks.
+    """
+    fused = fuse_models(maps, fusion["weight_2d"], fusion["weight_3d"])
+    probs = np.zeros(shape, np.float32) if fused is None else fused
+    if probs.shape != tuple(shape):
+        raise ValueError(f"fused maps of shape {probs.shape}, expected {tuple(shape)}")
+    if keep is not None:
+        probs = apply_keep(probs, keep)
+    masks = postprocess(probs, thresholds, post["max_prob_floor"], post["min_component"], post["component_mode"])
+    return probs, masks

@@ -23,12 +23,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.io import atomic_write_text
+from common.io import atomic_write_text, markdown_table
+from common.probmaps import ProbDir
 from data_prep.constants import CLASSES
+from data_prep.layout import read_rle_table, shapes_manifest
+from data_prep.rle import decode_case_day
 from ensembles import core
-from ensembles.io import ProbDir, decode_case_day, markdown_table, read_rle_table, shapes_manifest
-from ensembles.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, ScoreResult, aggregate, score_case_day
 from ensembles.spec import Spec
+from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, ScoreResult, aggregate, score_case_day
+from gating.classifier import read_cls_probs
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +117,6 @@ def read_classifier_oof(spec: Spec, items: Sequence[str]) -> pd.DataFrame | None
     """
     if not items:
         return None
-    from gating.classifier import read_cls_probs
-
     per_model: dict[str, list[pd.DataFrame]] = {}
     for item in items:
         name, path = item.split("=", 1) if "=" in item else ("", item)
@@ -154,48 +155,34 @@ def check_same_case_days(oof: dict[str, list[ProbDir]]) -> list[str]:
     return sorted(sets[ref_name])
 
 
-def _classifier_keep(params: Params, cls_probs: np.ndarray) -> np.ndarray:
-    """Gate decisions ``bool (D, C)`` of a classifier gate for ``params`` (its thresholds, smoothing, runs)."""
-    from gating.gate import gate_decisions
-
-    g = params.gate
-    return gate_decisions(cls_probs, g.get("thresholds", 0.5), g.get("smooth", 0), g.get("min_consecutive", 1))
-
-
-def _apply(params: Params, probs: dict[str, np.ndarray], kinds: dict[str, str], gate_keep: np.ndarray | None):
-    groups, gw = [], []
-    for kind, w in (("2.5d", params.weight_2d), ("3d", params.weight_3d)):
-        names = [n for n in probs if kinds[n] == kind]
-        ws = [params.weights[n] for n in names]
-        if names and w > 0 and sum(ws) > 0:
-            groups.append(core.fuse([probs[n] for n in names], ws, names))
-            gw.append(w)
-    if not groups:  # every weight of this candidate is 0: it predicts nothing
-        groups, gw = [np.zeros_like(next(iter(probs.values())))], [1.0]
-    fused = core.fuse(groups, gw) if len(groups) > 1 else groups[0]
-    if gate_keep is not None:
-        fused = core.apply_keep(fused, gate_keep)
-    return core.postprocess(fused, params.thresholds, params.floor, params.min_component, params.component_mode)
+def _apply(
+    params: Params,
+    probs: dict[str, np.ndarray],
+    kinds: dict[str, str],
+    cls_probs: np.ndarray | None,
+    gate_probs: np.ndarray | None,
+) -> np.ndarray:
+    """Final masks of one candidate on one case-day: :func:`ensembles.core.ensemble`, as inference runs it."""
+    d, c = next(iter(probs.values())).shape[:2]
+    keep = None
+    if cls_probs is not None or gate_probs is not None:
+        keep = core.gate_keep(params.gate, (d, c), cls_probs=cls_probs, gate_probs=gate_probs)
+    maps = [core.ModelMap(n, kinds[n], params.weights[n], p) for n, p in probs.items()]
+    post = {"max_prob_floor": params.floor, "min_component": params.min_component}
+    post["component_mode"] = params.component_mode
+    fusion = {"weight_2d": params.weight_2d, "weight_3d": params.weight_3d}
+    shape = next(iter(probs.values())).shape
+    return core.ensemble(maps, shape, fusion, keep, params.thresholds, post)[1]
 
 
 def _eval_task(args: tuple) -> list:
-    cd, files, kinds, gate_files, cls_probs, truth_rows, ids, hw, cands, empty, hausdorff = args
-    probs = {}
-    for name, path in files.items():
-        probs[name] = ProbDir(path).load(cd)
-    gate_keep = None
+    cd, files, kinds, gate_files, gate_weights, cls_probs, truth_rows, ids, hw, cands, empty, hausdorff = args
+    probs = {name: ProbDir(path).load(cd) for name, path in files.items()}
+    gate_probs = None
     if gate_files:
-        from gating.gate import presence_from_masks
-
-        g = core.fuse([ProbDir(p).load(cd) for p in gate_files])
-        gate_keep = presence_from_masks(g, cands[0].gate["pixel_thr"], cands[0].gate["min_pixels"])
+        gate_probs = core.fuse([ProbDir(p).load(cd) for p in gate_files], gate_weights)
     truth = decode_case_day(truth_rows, hw[0], hw[1], ids)
-    if cls_probs is not None:
-        return [
-            score_case_day(cd, _apply(p, probs, kinds, _classifier_keep(p, cls_probs)), truth, empty, hausdorff)
-            for p in cands
-        ]
-    return [score_case_day(cd, _apply(p, probs, kinds, gate_keep), truth, empty, hausdorff) for p in cands]
+    return [score_case_day(cd, _apply(p, probs, kinds, cls_probs, gate_probs), truth, empty, hausdorff) for p in cands]
 
 
 class Evaluator:
@@ -259,12 +246,14 @@ class Evaluator:
                 rows = self.truth.reindex(ids).fillna("").to_numpy().tolist()
                 files = {n: self.where[n][cd] for n in self.models}
                 gates = [self.where[n][cd] for n in self.gate_models]
+                gate_w = [self.spec.model(n).weight for n in self.gate_models]
                 cls = None if self.cls_probs is None else self.cls_probs.loc[ids].to_numpy(np.float64)
                 yield (
                     cd,
                     files,
                     self.kinds,
                     gates,
+                    gate_w,
                     cls,
                     rows,
                     ids,

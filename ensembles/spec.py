@@ -318,6 +318,8 @@ def validate_spec(raw: Any, source: str = "<spec>", root: str | os.PathLike | No
     has3 = any(m.kind == "3d" for m in models)
     if (has2 and fusion["weight_2d"] > 0) + (has3 and fusion["weight_3d"] > 0) == 0:
         raise SpecError(f"{source}: fusion weights give every segmenter group weight 0")
+    if not any(m.weight > 0 and m.kind in ("2.5d", "3d") and m.role == "segment" for m in models):
+        raise SpecError(f"{source}: every segmenter has weight 0; give at least one a positive weight")
     post = _merged("post", top["post"], f"{source}: post")
     post["max_prob_floor"] = _per_class(post["max_prob_floor"], "max_prob_floor", f"{source}: post")
     post["min_component"] = _per_class(post["min_component"], "min_component", f"{source}: post", 0, 1e9)

@@ -32,7 +32,9 @@ from torch.utils.data import Dataset
 from common.engine import load_weights
 from common.io import atomic_write_bytes
 from data_prep.constants import CLASSES, NUM_CLASSES
-from data_prep.volumes import load_volume, stack_indices
+from data_prep.exports import read_classifier_table
+from data_prep.volumes import stack_indices
+from data_prep.work import exports_dir, load_volume, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -242,20 +244,11 @@ class SliceStackDataset(Dataset):
 
 
 def read_slice_table(work: str | os.PathLike) -> pd.DataFrame:
-    """``exports/classifier.csv`` of WORK (labels), else ``manifest.csv`` (ids, case_day, z only)."""
-    work = Path(work)
-    for name in ("exports/classifier.csv", "manifest.csv"):
-        p = work / name
-        if p.is_file():
-            df = pd.read_csv(p, dtype={"id": str, "case_day": str}, keep_default_na=False)
-            need = {"id", "case_day", "z"}
-            if not need <= set(df.columns):
-                raise ValueError(f"{p} lacks columns {sorted(need - set(df.columns))} (see docs/contracts.md)")
-            return df
-    raise FileNotFoundError(
-        f"neither {work / 'exports/classifier.csv'} nor {work / 'manifest.csv'} exists: run "
-        f"`python -m data_prep prepare --data-root DIR --out {work}` first"
-    )
+    """The classifier export of WORK (``id, case_day, z`` and presence labels), else the manifest's ``id, case_day,
+    z`` (no labels) when the WORK has no export (a prepared test tree)."""
+    if (exports_dir(work) / "classifier.csv").is_file():
+        return read_classifier_table(work)
+    return read_manifest(work)[["id", "case_day", "z"]]
 
 
 # --------------------------------------------------------------------------------------------------- inference
@@ -280,7 +273,9 @@ class SliceClassifier:
     meta: dict[str, Any]
 
     @classmethod
-    def load(cls, checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> SliceClassifier:
+    def load(
+        cls, checkpoint: str | os.PathLike, device: str | torch.device = "cpu", config: str | os.PathLike | None = None
+    ) -> SliceClassifier:
         """Load ``best.pth``/``last.pth`` of ``tools/train_cls.py`` with ``weights_only=True``.
 
         Raises:
@@ -431,10 +426,7 @@ def predict_work(
         the frame written (rows in manifest order).
     """
     work = Path(work)
-    man_path = work / "manifest.csv"
-    if not man_path.is_file():
-        raise FileNotFoundError(f"{man_path} not found: run `python -m data_prep prepare ... --out {work}` first")
-    man = pd.read_csv(man_path, dtype={"id": str, "case_day": str}, keep_default_na=False)
+    man = read_manifest(work)
     if case_days is not None:
         man = man[man["case_day"].isin(set(case_days))]
     ids, probs = [], []

@@ -48,6 +48,7 @@ __all__ = [
     "paste",
     "predict_boxes_work",
     "paste_resize",
+    "read_boxes",
     "smooth_boxes",
     "write_boxes",
     "yolo_offline_env",
@@ -459,6 +460,24 @@ def write_boxes(path: str | os.PathLike, ids: Sequence[str], boxes: np.ndarray, 
     return Path(path)
 
 
+def read_boxes(path: str | os.PathLike) -> dict[str, tuple[int, int, int, int]]:
+    """Read a crop-box CSV (``id, x0, y0, x1, y1``, x1/y1 exclusive) into ``{slice id: box}``.
+
+    Raises:
+        FileNotFoundError / ValueError: missing file or columns.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"crop boxes not found: {path} (expected a CSV with columns id, x0, y0, x1, y1)")
+    df = pd.read_csv(path)
+    need = {"id", "x0", "y0", "x1", "y1"}
+    if not need <= set(df.columns):
+        raise ValueError(f"{path} must have columns {sorted(need)}, got {list(df.columns)}")
+    return {r.id: (int(r.x0), int(r.y0), int(r.x1), int(r.y1)) for r in df.itertuples(index=False)}
+
+
 def predict_boxes_work(
     detector: Detector,
     work: str | os.PathLike,
@@ -472,15 +491,10 @@ def predict_boxes_work(
     Returns:
         totals ``{"slices", "detected", "fallback", "case_days_without_box"}``.
     """
-    import pandas as pd
-
-    from data_prep.volumes import load_volume
+    from data_prep.work import load_volume, read_manifest
 
     work = Path(work)
-    man_path = work / "manifest.csv"
-    if not man_path.is_file():
-        raise FileNotFoundError(f"{man_path} not found: run `python -m data_prep prepare ... --out {work}` first")
-    man = pd.read_csv(man_path, dtype={"id": str, "case_day": str}, keep_default_na=False)
+    man = read_manifest(work)
     if case_days is not None:
         man = man[man["case_day"].isin(set(case_days))]
     groups = list(man.groupby("case_day", sort=False))

@@ -10,7 +10,6 @@ folder before ultralytics is imported, so nothing is fetched and no per-user set
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import sys
@@ -19,42 +18,11 @@ from typing import Any
 
 import yaml
 
+from data_prep.exports import YOLO_EXPORT_HINT
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["find_yolo_export", "parse_overrides", "train_detector"]
-
-EXPORT_HINT = "python -m data_prep export yolo --work {work} --fold {fold}"
-
-
-def find_yolo_export(work: str | os.PathLike, fold: int | str | None = None) -> Path:
-    """The ``data.yaml`` of the YOLO export in ``WORK``, checked for the requested fold.
-
-    Looks at ``WORK/exports/yolo/fold_{fold}/data.yaml`` then ``WORK/exports/yolo/data.yaml``.
-
-    Raises:
-        FileNotFoundError: no export (the message names the command that makes it).
-        ValueError: the export was made for another fold.
-    """
-    root = Path(work) / "exports" / "yolo"
-    fold_s = "all" if fold is None else str(fold)
-    candidates = [root / f"fold_{fold_s}" / "data.yaml", root / "data.yaml"]
-    for cand in candidates:
-        if cand.is_file():
-            meta = yaml.safe_load(cand.read_text()) or {}
-            made_for = meta.get("fold")
-            info = cand.parent / "export.json"  # data_prep records the fold there
-            if made_for is None and info.is_file():
-                made_for = json.loads(info.read_text()).get("fold")
-            if made_for is not None and fold is not None and str(made_for) != fold_s:
-                raise ValueError(
-                    f"{cand} was exported for fold {made_for}, not fold {fold_s}: run "
-                    f"`{EXPORT_HINT.format(work=work, fold=fold_s)} --overwrite` to export this fold"
-                )
-            return cand
-    raise FileNotFoundError(
-        f"no YOLO export in {root} (looked for {', '.join(str(c) for c in candidates)}): make it with "
-        f"`{EXPORT_HINT.format(work=work, fold=fold_s)}`"
-    )
+__all__ = ["parse_overrides", "train_detector"]
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -115,7 +83,7 @@ def train_detector(
     """Train a YOLO detector and return the path of its ``best.pt``.
 
     Args:
-        data_yaml: the export's ``data.yaml`` (see :func:`find_yolo_export`).
+        data_yaml: the export's ``data.yaml`` (see :func:`data_prep.exports.find_yolo_export`).
         out_dir: run folder; ultralytics writes ``weights/{best,last}.pt``, ``results.csv`` and plots there.
         model: a model YAML (``yolov8n.yaml``, ``yolo11s.yaml``, or a path); never a ``.pt`` name.
         weights: optional local ``.pt`` whose matching weights are loaded before training.
@@ -133,7 +101,7 @@ def train_detector(
     out_dir = Path(out_dir).resolve()
     if not data_yaml.is_file():
         raise FileNotFoundError(
-            f"YOLO dataset YAML not found: {data_yaml}; make it with `{EXPORT_HINT.format(work='WORK', fold='K')}`"
+            f"YOLO dataset YAML not found: {data_yaml}; make it with `{YOLO_EXPORT_HINT.format(work='WORK', fold='K')}`"
         )
     if str(model).endswith(".pt"):
         raise ValueError(

@@ -1,9 +1,10 @@
-"""Stage 2: the segmenters.
+"""The segmenters, two symmetric families:
 
-- 2.5D (mmsegmentation 1.x): registered modules in ``segmenters.mm`` (named in ``mmcfg/_base_/default_runtime.py``),
-  training (``segmenters.train``, ``tools/train.py``), probability maps (``segmenters.predict``,
-  ``tools/test.py``) and the inference API ``segmenters.inference.Segmenter``.
-- 3D (MONAI): ``segmenters.infer_3d`` and ``segmenters.monai3d*``.
+- ``segmenters.mm``: 2.5D models on mmsegmentation 1.x (registered modules named in the configs'
+  ``custom_imports``; the mmcv-lite shim ``segmenters.mmcv_compat`` comes first), and their inference API
+  ``segmenters.mm.inference.Segmenter``;
+- ``segmenters.monai``: 3D models on MONAI, and their inference API ``segmenters.monai.inference.Segmenter3D``.
 
-This file imports nothing, so that the 3D modules load without mmseg.
+Both train on the one training engine (:mod:`training`) and are run over WORK folders or test trees by
+:mod:`inference`. This file imports nothing, so that the 3D modules load without mmseg.
 """

@@ -25,10 +25,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from data_prep.constants import CLASSES
 
-from data_prep.constants import CLASSES  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("demo")
 
@@ -74,7 +73,7 @@ class Demo:
             d.mkdir(parents=True, exist_ok=True)
         self.n = 0
         self.timings: dict[str, float] = {}
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.env.pop("GITRACT_WORK", None)  # the demo names its folders explicitly
 
     # ----------------------------------------------------------------------------------------------------------
@@ -413,7 +412,7 @@ class Demo:
 
     # ----------------------------------------------------------------------------------------------------------
     def report(self, subs: dict[str, Path]) -> pd.DataFrame:
-        from ensembles.scoring import score_files
+        from evaluation.scoring import score_files
 
         truth = self.data / "test_truth.csv"
         empty_sub = self.out / "submissions" / "all_empty.csv"
@@ -449,7 +448,7 @@ class Demo:
     def collect_pictures(self, case_days: int = 2) -> None:
         """Training curves, and for the first test case-days a montage of the prediction and overlays (image |
         truth | prediction) of the slices with the most of each class."""
-        from tools.visualize import visualize_case_day
+        from evaluation.pictures import visualize_case_day
 
         for name in ("unet", "upernet", "cls", "seg3d"):
             for png in sorted((self.runs / name).rglob("*curve*.png")):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-GPU / multi-node training through torchrun:  tools/dist_train.sh CONFIG GPUS [tools/train.py args]
+# Multi-GPU / multi-node training of any model kind through torchrun:  tools/dist_train.sh CONFIG GPUS [tools/train.py args]
 # Environment: PORT (29500), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1).
 # Without CUDA the processes train on CPU over gloo (tests use this with GPUS=2).
 set -euo pipefail
@@ -17,7 +17,6 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 PYTHON=${PYTHON:-python}
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \

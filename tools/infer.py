@@ -4,7 +4,7 @@
         --out submission.csv [--batch-size 16] [--workers 4] [--save-probs DIR] [--overlays 8] [--device cuda]
 
 Streams one case-day at a time; the CSV is written atomically at the end. Only trusted checkpoints may be
-loaded. See ``ensembles/pipeline.py``.
+loaded. See ``inference/pipeline.py``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ensembles.pipeline import infer  # noqa: E402
-from ensembles.spec import load_spec  # noqa: E402
+from ensembles.spec import load_spec
+from inference.pipeline import infer
 
 
 def build_parser() -> argparse.ArgumentParser:

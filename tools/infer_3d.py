@@ -15,9 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.constants import default_work_dir  # noqa: E402
+from data_prep.constants import default_work_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,30 +34,25 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from segmenters.infer_3d import Segmenter3D, write_prob_maps
-    from segmenters.monai3d import fold_case_days, read_splits
+    from inference.predict import predict_work_3d
 
-    work = args.work or default_work_dir()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        seg = Segmenter3D.load(args.config, args.checkpoint, device)
-        case_days = None
-        if args.fold is not None:
-            case_days = fold_case_days(read_splits(work), args.fold)[1]
-        out = args.out or args.checkpoint.parent / ("oof" if args.fold is not None else "test")
-        write_prob_maps(
-            seg,
-            work,
-            out,
-            case_days=case_days,
+        summary = predict_work_3d(
+            args.config,
+            args.checkpoint,
+            work=args.work or default_work_dir(),
             fold=args.fold,
+            out=args.out,
             tta=args.tta,
+            device=device,
             overwrite=args.overwrite,
             progress=sys.stderr.isatty(),
         )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         log.error("%s", e)
         return 2
+    out = summary["out"]
     log.info("wrote %s", out)
     return 0
 

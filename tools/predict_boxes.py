@@ -13,9 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.constants import default_work_dir  # noqa: E402
+from data_prep.constants import default_work_dir
 
 
 def main(argv: list[str] | None = None) -> int:

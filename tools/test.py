@@ -10,11 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import segmenters.mmcv_compat  # noqa: E402,F401  (mmcv-lite shim before mmseg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     tta = () if args.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in args.tta.split(","))
 
-    from segmenters.checks import CheckpointMismatchError
-    from segmenters.predict import predict_work
-    from segmenters.train import parse_cfg_options
+    from inference.predict import predict_work
+    from training.checks import CheckpointMismatchError
+    from training.config import parse_cfg_options
 
     try:
         summary = predict_work(

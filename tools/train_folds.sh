@@ -45,7 +45,7 @@ for K in "${FOLD_LIST[@]}"; do
         PYTHON="$PYTHON" "$ROOT/tools/dist_train.sh" "$CONFIG" "$GPUS" --fold "$K" --work-dir "$WD" \
             ${EXTRA[@]+"${EXTRA[@]}"} ${ARGS[@]+"${ARGS[@]}"} || { echo "fold $K failed; stopping" >&2; exit 1; }
     else
-        PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" "$ROOT/tools/train.py" "$CONFIG" --fold "$K" \
+        "$PYTHON" "$ROOT/tools/train.py" "$CONFIG" --fold "$K" \
             --work-dir "$WD" ${EXTRA[@]+"${EXTRA[@]}"} ${ARGS[@]+"${ARGS[@]}"} \
             || { echo "fold $K failed; stopping" >&2; exit 1; }
     fi

@@ -14,10 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.constants import REPO_ROOT, default_work_dir  # noqa: E402
-from gating.yolo_train import find_yolo_export, parse_overrides, train_detector  # noqa: E402
+from data_prep.constants import REPO_ROOT, default_work_dir
+from data_prep.exports import find_yolo_export
+from gating.yolo_train import parse_overrides, train_detector
 
 
 def main(argv: list[str] | None = None) -> int:

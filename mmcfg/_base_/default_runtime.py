@@ -1,7 +1,8 @@
-# Runtime shared by every config: mmseg scope, this project's registered modules, hooks, DDP wrapper.
-default_scope = "mmseg"
-custom_imports = dict(imports=["segmenters.mm"], allow_failed_imports=False)
-runner_type = "GIRunner"  # atomic checkpoints, weights-only load_from, config-checked checkpoints
+# Runtime shared by every config of every model kind: the training engine (training.runner.GIRunner: atomic
+# checkpoints, weights-only loading, best.pth), logging, the visualizer, the CPU-capable DDP wrapper.
+# Each kind's model base names its registered modules in `custom_imports` (with "training.runner" and
+# "training.hooks") and, for mmseg models, `default_scope = "mmseg"`.
+runner_type = "GIRunner"
 
 env_cfg = dict(
     cudnn_benchmark=True,
@@ -10,11 +11,11 @@ env_cfg = dict(
 )
 # DDP that also runs on CPU (device_ids=None without CUDA)
 model_wrapper_cfg = dict(type="GIDistributedDataParallel")
+# scalars.json + training curves in the work dir; add dict(type="TensorboardVisBackend") for TensorBoard
 vis_backends = [dict(type="LocalVisBackend")]
-visualizer = dict(type="SegLocalVisualizer", vis_backends=vis_backends, name="visualizer")
+visualizer = dict(type="Visualizer", vis_backends=vis_backends, name="visualizer")
 log_processor = dict(by_epoch=False)
 log_level = "INFO"
 load_from = None
 resume = False
 randomness = dict(seed=42)
-custom_hooks = [dict(type="TrainingCurveHook")]

@@ -5,6 +5,6 @@ Named once in ``custom_imports`` of ``mmcfg/_base_/default_runtime.py``. The mmc
 """
 
 import segmenters.mmcv_compat  # noqa: F401, I001  (must come before mmseg)
-from segmenters.mm import data, engine, metric, models
+from segmenters.mm import data, metric, models
 
-__all__ = ["data", "engine", "metric", "models"]
+__all__ = ["data", "metric", "models"]

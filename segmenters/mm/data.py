@@ -23,7 +23,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network at run time
 
 import albumentations as A  # noqa: E402
 import numpy as np
-import pandas as pd
 import torch
 from mmcv.transforms import BaseTransform
 from mmengine.dataset import BaseDataset
@@ -33,29 +32,14 @@ from mmseg.registry import DATASETS, MODELS, TRANSFORMS
 from mmseg.structures import SegDataSample
 
 from data_prep.constants import CLASSES, SPLIT_VARIANTS
-from data_prep.volumes import load_mask, load_volume, unpack_mask
-from segmenters.checks import check_variant, check_work, parse_folds
-from segmenters.stacks import NORM_MODES, read_stack, resize_image
+from data_prep.volumes import unpack_mask
+from data_prep.work import check_variant, check_work, fold_ids, load_mask, load_volume, read_manifest, read_splits
+from gating.crop import crop, read_boxes
+from segmenters.mm.stacks import NORM_MODES, read_stack, resize_image
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "all")
-
-
-def read_boxes(path: str | Path) -> dict[str, tuple[int, int, int, int]]:
-    """Read a crop-box CSV (``id, x0, y0, x1, y1``, x1/y1 exclusive) into ``{slice id: box}``.
-
-    Raises:
-        FileNotFoundError / ValueError: missing file or columns.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"crop boxes not found: {path} (expected a CSV with columns id, x0, y0, x1, y1)")
-    df = pd.read_csv(path)
-    need = {"id", "x0", "y0", "x1", "y1"}
-    if not need <= set(df.columns):
-        raise ValueError(f"{path} must have columns {sorted(need)}, got {list(df.columns)}")
-    return {r.id: (int(r.x0), int(r.y0), int(r.x1), int(r.y1)) for r in df.itertuples(index=False)}
 
 
 def select_ids(work: str | Path, fold: int | None, split: str, variant: str = "all") -> list[str] | None:
@@ -71,18 +55,7 @@ def select_ids(work: str | Path, fold: int | None, split: str, variant: str = "a
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "all" or fold is None:
         return None
-    from data_prep.splits import read_splits
-
-    splits = read_splits(work)
-    n_folds = int(splits.get("n_folds", len(splits["folds"])))
-    (k,) = parse_folds(fold, n_folds)
-    entry = next(f for f in splits["folds"] if int(f["fold"]) == k)
-    if split == "val":
-        return list(entry["val"])
-    check_variant(variant)
-    if variant not in entry["train"]:
-        raise ValueError(f"{work}/splits/splits.json has no training variant {variant!r} (has {list(entry['train'])})")
-    return list(entry["train"][variant])
+    return fold_ids(read_splits(work), fold, "val" if split == "val" else "train", variant)
 
 
 @DATASETS.register_module()
@@ -130,7 +103,7 @@ class GITractDataset(BaseDataset):
     def load_data_list(self) -> list[dict]:
         """One dict per slice: ``id, case_day, z, depth, height, width, work, box``."""
         work = check_work(self.work, need_masks=self.with_mask, need_splits=self.split != "all")
-        manifest = pd.read_csv(work / "manifest.csv")
+        manifest = read_manifest(work)
         ids = select_ids(work, self.fold, self.split, self.variant)
         if ids is not None:
             keep = set(ids)
@@ -213,8 +186,6 @@ class GICropBox(BaseTransform):
         box = results.get("box")
         if box is None:
             return results
-        from gating.crop import crop
-
         # gating.crop works on (..., H, W): crop channels-first views of the channels-last arrays
         results["img"] = crop(results["img"].transpose(2, 0, 1), box).transpose(1, 2, 0)
         if "gt_masks" in results:

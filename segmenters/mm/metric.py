@@ -4,16 +4,15 @@ Registered as ``GIMultiLabelMetric`` in mmseg's METRICS registry; keys are prefi
 
 - ``gi/dice_{class}``: Dice per class over the slices where prediction or truth is non-empty;
 - ``gi/dice``: the competition's Dice: per slice and class, both empty = 1, then the mean;
-- ``gi/score``: ``0.4 * Dice + 0.6 * (1 - Hausdorff)`` from ``ensembles.metric.score_volumes`` on the val
-  case-days (imported lazily); while that module is missing, ``gi/score`` equals ``gi/dice`` (logged once).
-  For speed during training the 3D masks are subsampled in-plane to at most ``score_max_side`` pixels (the
-  Hausdorff of a noisy early model on full-size masks takes minutes); ``tools/test.py`` scores at full size;
-- ``gi/hausdorff``: ``1 - normalised Hausdorff`` when the competition metric is available.
+- ``gi/score``: ``0.4 * Dice + 0.6 * (1 - Hausdorff)`` (``evaluation.metric.score_volumes``) on the val
+  case-days; it selects the best checkpoint. For speed during training the 3D masks are subsampled in-plane to at
+  most ``score_max_side`` pixels (the Hausdorff of a noisy early model on full-size masks takes minutes);
+  ``tools/test.py`` scores at full size;
+- ``gi/hausdorff``: ``1 - normalised Hausdorff``; ``gi/dice_3d``: the Dice part of ``gi/score``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,52 +20,16 @@ from typing import Any
 
 import numpy as np
 from mmengine.evaluator import BaseMetric
-from mmengine.logging import print_log
 from mmseg.registry import METRICS
 
-from data_prep.constants import CLASSES
+from evaluation.metric import score_volumes, slice_dice_table
 
 logger = logging.getLogger(__name__)
 
 
-def slice_dice_table(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> dict[str, float]:
-    """Dice summaries from per-slice, per-class counts.
-
-    Args:
-        inter, psum, gsum: ``(S, 3)`` intersections, predicted and true pixel counts.
-
-    Returns:
-        ``dice`` (both empty = 1, the competition's convention), ``dice_skip`` (both-empty pairs skipped) and
-        ``dice_{class}`` (per class, both-empty slices skipped; nan when a class never appears).
-
-    >>> t = slice_dice_table(np.array([[1, 0, 0]]), np.array([[2, 0, 1]]), np.array([[2, 0, 0]]))
-    >>> round(t["dice"], 4), round(t["dice_skip"], 4), t["dice_small_bowel"]
-    (0.5, 0.25, nan)
-    """
-    inter, psum, gsum = (np.asarray(a, dtype=np.float64).reshape(-1, len(CLASSES)) for a in (inter, psum, gsum))
-    denom = psum + gsum
-    empty = denom == 0
-    d = np.where(empty, 1.0, 2 * inter / np.where(empty, 1, denom))
-    out = {"dice": float(d.mean()) if d.size else float("nan")}
-    out["dice_skip"] = float(d[~empty].mean()) if (~empty).any() else float("nan")
-    for c, name in enumerate(CLASSES):
-        sel = ~empty[:, c]
-        out[f"dice_{name}"] = float(d[sel, c].mean()) if sel.any() else float("nan")
-    return out
-
-
-def competition_metric() -> Any | None:
-    """``ensembles.metric.score_volumes`` when that module exists, else None."""
-    try:
-        module = importlib.import_module("ensembles.metric")
-    except ImportError:
-        return None
-    return getattr(module, "score_volumes", None)
-
-
 @METRICS.register_module()
 class GIMultiLabelMetric(BaseMetric):
-    """Per-class Dice, the competition's Dice and (with ``ensembles.metric``) the competition score.
+    """Per-class Dice, the competition's Dice and the competition score of the val case-days.
 
     Args:
         threshold: applied to ``seg_logits`` probabilities when present (else ``pred_sem_seg`` is used as is).
@@ -97,7 +60,6 @@ class GIMultiLabelMetric(BaseMetric):
         self.empty = empty
         self.hausdorff = hausdorff
         self.score_max_side = score_max_side
-        self._warned = False
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for s in data_samples:
@@ -131,12 +93,8 @@ class GIMultiLabelMetric(BaseMetric):
         psum = np.stack([r["psum"] for r in results])
         gsum = np.stack([r["gsum"] for r in results])
         metrics = slice_dice_table(inter, psum, gsum)
-        metrics["score"] = metrics["dice"]
-        score_volumes = competition_metric() if self.compute_score else None
-        if score_volumes is None:
-            if self.compute_score and not self._warned:
-                print_log("ensembles.metric not found: gi/score = gi/dice until it exists", logger="current")
-                self._warned = True
+        metrics["score"] = metrics["dice"]  # without the 3D part (compute_score=False) the score is the Dice
+        if not self.compute_score:
             return metrics
         by_cd: dict[str, list[dict]] = defaultdict(list)
         for r in results:

@@ -1,9 +1,8 @@
 """Multi-label models for mmseg 1.x: timm backbone from a local file, U-Net decoder, sigmoid heads with
-BCE + Dice, a segmentor that thresholds sigmoid probabilities (never argmax), and a CPU-capable DDP wrapper.
+BCE + Dice, and a segmentor that thresholds sigmoid probabilities (never argmax).
 
 Registered in mmseg's registries: ``GITimmBackbone``, ``GIUNetHead``, ``MultiLabelUPerHead``,
-``MultiLabelFCNHead``, ``MultiLabelBCELoss``, ``MultiLabelDiceLoss``, ``MultiLabelEncoderDecoder``,
-``GIDistributedDataParallel``.
+``MultiLabelFCNHead``, ``MultiLabelBCELoss``, ``MultiLabelDiceLoss``, ``MultiLabelEncoderDecoder``.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
-from mmengine.model import MMDistributedDataParallel
-from mmengine.registry import MODEL_WRAPPERS
 from mmengine.structures import PixelData
 from mmseg.models.backbones import TIMMBackbone
 from mmseg.models.decode_heads import FCNHead, UPerHead
@@ -26,7 +23,7 @@ from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
-from segmenters.checks import check_timm_name
+from training.checks import check_timm_name
 
 logger = logging.getLogger(__name__)
 
@@ -320,16 +317,3 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
                 sample.seg_logits = PixelData(data=p)
             sample.pred_sem_seg = PixelData(data=(p > thr).to(torch.uint8))
         return data_samples
-
-
-# ----------------------------------------------------------------------------------------------- DDP
-# registered in mmengine's root registry: Runner.wrap_model looks wrappers up with get(), which ignores the scope
-@MODEL_WRAPPERS.register_module()
-class GIDistributedDataParallel(MMDistributedDataParallel):
-    """``MMDistributedDataParallel`` that also runs on CPU (gloo): ``device_ids=None`` when CUDA is absent."""
-
-    def __init__(self, module: nn.Module, device_ids: list[int] | None = None, **kwargs: Any) -> None:
-        if not torch.cuda.is_available():
-            device_ids = None
-        kwargs.setdefault("broadcast_buffers", False)
-        super().__init__(module=module, device_ids=device_ids, **kwargs)

@@ -21,9 +21,9 @@ from data_prep.exports import (
     export_yolo,
     yolo_label,
 )
-from data_prep.prepare import prepare, read_manifest
+from data_prep.prepare import prepare
 from data_prep.rle import rle_encode
-from data_prep.splits import read_splits
+from data_prep.work import read_manifest, read_splits
 
 H, W = 96, 128
 YY, XX = np.mgrid[:H, :W]

@@ -12,9 +12,10 @@ import pytest
 
 from data_prep import prepare as prepare_mod
 from data_prep.constants import CLASSES
-from data_prep.prepare import prepare, read_manifest
+from data_prep.prepare import prepare
 from data_prep.rle import rle_encode
-from data_prep.volumes import load_mask, load_volume, unpack_mask
+from data_prep.volumes import unpack_mask
+from data_prep.work import load_mask, load_volume, read_manifest
 
 
 def make_tree(root: Path, n_cases: int = 6, depth: int = 10, hw: tuple[int, int] = (24, 32), seed: int = 0) -> dict:

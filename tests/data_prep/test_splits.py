@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from data_prep.constants import CLASSES
-from data_prep.splits import drop_table, make_splits, read_splits, write_splits
+from data_prep.splits import drop_table, make_splits, write_splits
+from data_prep.work import read_splits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LABELS = REPO_ROOT.parent / "shared" / "data" / "uwmgi_labels"

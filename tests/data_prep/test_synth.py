@@ -14,7 +14,8 @@ import pytest
 from data_prep.constants import CLASSES, REAL_SIZES
 from data_prep.layout import read_labels, read_layout, read_scan
 from data_prep.rle import RLEError, rle_decode, rle_encode
-from data_prep.synth import _plan, register, render_from_labels, scan_name, synthesize
+from data_prep.synth import register, render_from_labels, scan_name, synthesize
+from data_prep.synth.shapes import _plan
 
 
 def _files(root: Path) -> dict[str, bytes]:

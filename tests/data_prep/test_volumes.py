@@ -7,16 +7,13 @@ import pytest
 
 from common.io import atomic_save_npy
 from data_prep.volumes import (
-    load_mask,
-    load_volume,
-    mask_path,
     pack_mask,
     stack_25d,
     stack_indices,
     to_uint8,
     unpack_mask,
-    volume_path,
 )
+from data_prep.work import load_mask, load_volume, mask_path, volume_path
 
 
 @pytest.mark.parametrize(

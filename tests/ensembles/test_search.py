@@ -4,7 +4,6 @@ folders whose case-day sets differ."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,7 +148,6 @@ def test_search_cli(oof):
         capture_output=True,
         text=True,
         cwd=str(oof),
-        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert r.returncode == 0, r.stderr
     assert "->" in r.stdout

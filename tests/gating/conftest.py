@@ -17,7 +17,9 @@ import pytest
 from gating_fixtures import make_body_volume
 
 from data_prep.constants import CLASSES
+from data_prep.exports import export_classifier
 from data_prep.volumes import pack_mask, to_uint8
+from data_prep.work import save_mask, save_volume, write_manifest, write_prepare_json, write_splits_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,8 +51,6 @@ def make_toy_work(
     rng = np.random.default_rng(seed)
     h, w = size
     rows, cls_rows = [], []
-    (root / "volumes").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
     case_days = []
     for case in range(1, n_cases + 1):
         cd = f"case{case}_day0"
@@ -68,8 +68,8 @@ def make_toy_work(
                     y0 = int(rng.integers(2, h - 8))
                     vol[z, y0 : y0 + 6, x0 : x0 + 6] = 3000
                     masks[z, c, y0 : y0 + 6, x0 : x0 + 6] = 1
-        np.save(root / "volumes" / f"{cd}.npy", vol)
-        np.save(root / "masks" / f"{cd}.npy", pack_mask(masks))
+        save_volume(root, cd, vol)
+        save_mask(root, cd, pack_mask(masks))
         for z in range(depth):
             sid = f"{cd}_slice_{z + 1:04d}"
             area = masks[z].sum(axis=(1, 2))
@@ -93,7 +93,7 @@ def make_toy_work(
             )
             cls_rows.append(dict(id=sid, case_day=cd, z=z, **{c: int(area[i] > 0) for i, c in enumerate(CLASSES)}))
     manifest = pd.DataFrame(rows)
-    manifest.to_csv(root / "manifest.csv", index=False)
+    write_manifest(root, manifest)
     folds = []
     for k in range(n_folds):
         val_cases = [c for c, _ in case_days if (c - 1) % n_folds == k]
@@ -102,7 +102,6 @@ def make_toy_work(
         folds.append(
             {"fold": k, "val_cases": val_cases, "val": val, "train": {"all": train, "notail": train, "noanno": train}}
         )
-    (root / "splits").mkdir(exist_ok=True)
     splits = {
         "version": 1,
         "n_folds": n_folds,
@@ -113,12 +112,10 @@ def make_toy_work(
         "faulty_case_days": [],
         "folds": folds,
     }
-    (root / "splits" / "splits.json").write_text(json.dumps(splits))
-    fold_of = {sid: f["fold"] for f in folds for sid in f["val"]}
-    cls = pd.DataFrame(cls_rows)
-    cls.insert(3, "fold", cls["id"].map(fold_of))
-    (root / "exports").mkdir(exist_ok=True)
-    cls.to_csv(root / "exports" / "classifier.csv", index=False)
+    write_splits_json(root, splits)
+    args = {"data_root": "synthetic", "split": "train", "labels": "synthetic", "stride": 2, "channels": 3}
+    write_prepare_json(root, {"version": 1, "status": "done", "args": args, "labels": True, "n_slices": len(manifest)})
+    export_classifier(root)
     return root
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from data_prep.constants import CLASSES
-from data_prep.volumes import load_volume, stack_indices
+from data_prep.volumes import stack_indices
+from data_prep.work import load_volume
 from gating.classifier import (
     SliceClassifier,
     build_classifier,

@@ -179,7 +179,8 @@ def test_detector_load_refuses_missing_weights(tmp_path):
 
 
 def test_missing_export_names_the_command(tmp_path):
-    from gating.yolo_train import find_yolo_export, parse_overrides, train_detector
+    from data_prep.exports import find_yolo_export
+    from gating.yolo_train import parse_overrides, train_detector
 
     with pytest.raises(FileNotFoundError, match="python -m data_prep export yolo --work .* --fold 3"):
         find_yolo_export(tmp_path, 3)

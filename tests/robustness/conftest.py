@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from robust_helpers import synth  # noqa: E402
+from robust_helpers import synth
 
 
 @pytest.fixture(scope="session")

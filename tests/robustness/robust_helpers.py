@@ -20,12 +20,11 @@ PY = sys.executable
 #: Every subprocess is bounded; a hung run fails the test instead of hanging the suite.
 TIMEOUT_S = 180
 
-#: Prepended to every driver: repository on sys.path, a ``die()`` that SIGKILLs this process, and
+#: Prepended to every driver: a ``die()`` that SIGKILLs this process, and
 #: ``kill_on_call(obj, name, n)`` that replaces ``obj.name`` by a wrapper killing the process at its n-th call.
 DRIVER_PRELUDE = textwrap.dedent(
     """
     import os, signal, sys
-    sys.path.insert(0, {repo!r})
 
     def die():
         sys.stdout.flush(); sys.stderr.flush()
@@ -45,13 +44,12 @@ DRIVER_PRELUDE = textwrap.dedent(
         setattr(obj, name, wrapper)
         return count
     """
-).format(repo=str(REPO))
+)
 
 
 def env() -> dict[str, str]:
-    """Environment of the subprocesses: repository importable, few threads (2 shared cores), offline."""
+    """Environment of the subprocesses: few threads (2 shared cores), offline (the project is installed)."""
     e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", YOLO_OFFLINE="1", PYTHONHASHSEED="0")
     return e
 

@@ -21,8 +21,9 @@ import yaml
 from robust_helpers import PY, run
 
 from data_prep.layout import LayoutWarning, read_layout
-from data_prep.prepare import prepare, read_manifest
+from data_prep.prepare import prepare
 from data_prep.rle import RLEError
+from data_prep.work import read_manifest
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
@@ -86,8 +87,8 @@ def _fake_spec(tmp: Path) -> Path:
 
 
 def _infer(data: Path, tmp: Path, out: Path, **kw) -> pd.DataFrame:
-    from ensembles.pipeline import infer
     from ensembles.spec import load_spec
+    from inference.pipeline import infer
 
     spec = load_spec(_fake_spec(tmp), root=tmp)
     return infer(data, spec, out, split="test", loaders={"2.5d": lambda m, ck, d: ConstSeg()}, **kw)

@@ -48,9 +48,10 @@ def _driver(data: Path, tmp: Path, out: Path, probs: Path, patch: str = "") -> s
         "--no-progress",
     ]
     return f"""
-sys.path.insert(0, {str(HERE)!r})
-import fake_models
-import ensembles.pipeline as pipeline
+import importlib.util
+_fm = importlib.util.spec_from_file_location("fake_models", {str(HERE / "fake_models.py")!r})
+fake_models = importlib.util.module_from_spec(_fm); _fm.loader.exec_module(fake_models)
+import inference.pipeline as pipeline
 pipeline.LOADERS.update(fake_models.LOADERS)
 {textwrap.dedent(patch).strip()}
 import importlib.util

@@ -25,8 +25,8 @@ def _tree(template: Path, root: Path, n: int) -> Path:
 
 
 def _peak_mib(root: Path, tmp: Path) -> float:
-    from ensembles.pipeline import infer
     from ensembles.spec import load_spec
+    from inference.pipeline import infer
 
     spec = load_spec(write_spec(tmp), root=tmp)
     tracemalloc.start()

@@ -76,7 +76,7 @@ sys.exit(main(["-q", "prepare", "--data-root", {str(synth_root)!r}, "--out", {st
     if point == "mid_volume_write":
         assert list(work.rglob(".*.tmp")), "the half-written temporary file should be there"
     # a reader refuses the unfinished WORK
-    from data_prep.prepare import read_manifest
+    from data_prep.work import read_manifest
 
     with pytest.raises(FileNotFoundError, match="did not finish"):
         read_manifest(work)

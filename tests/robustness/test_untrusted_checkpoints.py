@@ -59,7 +59,7 @@ def test_classifier_inference_refuses(trapped):
 
 
 def test_3d_inference_refuses(trapped):
-    from segmenters.infer_3d import Segmenter3D
+    from segmenters.monai.inference import Segmenter3D
 
     ck, marker = trapped
     with pytest.raises(ValueError, match=str(ck)):
@@ -69,7 +69,7 @@ def test_3d_inference_refuses(trapped):
 
 def test_25d_inference_refuses(trapped):
     import segmenters.mm  # noqa: F401  (mmcv-lite shim, registrations)
-    from segmenters.inference import Segmenter
+    from segmenters.mm.inference import Segmenter
 
     ck, marker = trapped
     with pytest.raises(ValueError, match=str(ck)):
@@ -85,7 +85,7 @@ def test_pretrained_backbone_refuses(trapped):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from segmenters.configs import load_config
+    from training.config import load_config
 
     init_default_scope("mmseg")
 

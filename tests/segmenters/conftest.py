@@ -6,23 +6,14 @@ the ``mmseg_scope`` fixture.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from seg_fixtures import TINY_SWIN, TINY_UNET, TINY_UPERNET  # noqa: F401  (re-exported)
 
 # the mmcv-lite shim must precede any mmseg import of the test modules (it imports neither mmseg nor, when
 # mmcv is absent, anything else: the 3D tests of this folder run without OpenMMLab packages)
-from seg_fixtures import TINY_SWIN, TINY_UNET, TINY_UPERNET  # noqa: E402,F401  (re-exported)
-
-import segmenters.mmcv_compat  # noqa: E402,F401
+import segmenters.mmcv_compat  # noqa: F401, I001
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,9 @@
-"""A small synthetic WORK folder that follows docs/contracts.md exactly (manifest, volumes, bit-field masks,
-splits, prepare.json), for the segmenters' tests: a few case-days of uint16 volumes with blob masks whose
+"""A small synthetic WORK folder written through data_prep.work (manifest, volumes, bit-field masks, splits,
+prepare.json), for the segmenters' tests: a few case-days of uint16 volumes with blob masks whose
 classes overlap, and image intensity that depends on the classes (so a tiny model can learn something)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 
 from data_prep.constants import CLASSES
 from data_prep.volumes import pack_mask
+from data_prep.work import save_mask, save_volume, write_manifest, write_prepare_json, write_splits_json
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_UPERNET = REPO / "mmcfg" / "upernet" / "upernet_convnext-atto_1xb4-40_gitract-128x128.py"
@@ -52,9 +52,6 @@ def make_work(
     """Write a WORK folder with ``cases x days`` case-days; fold ``k`` validates case ``k % 5`` (GroupKFold by
     case). Returns the WORK path."""
     work = Path(root)
-    (work / "volumes").mkdir(parents=True, exist_ok=True)
-    (work / "masks").mkdir(exist_ok=True)
-    (work / "splits").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
     h, w = hw
@@ -64,8 +61,8 @@ def make_work(
             day = d * 3 + 1
             cd = f"case{case}_day{day}"
             vol, masks = make_volume(rng, depth, h, w)
-            np.save(work / "volumes" / f"{cd}.npy", vol)
-            np.save(work / "masks" / f"{cd}.npy", pack_mask(masks))
+            save_volume(work, cd, vol)
+            save_mask(work, cd, pack_mask(masks))
             for z in range(depth):
                 sid = f"{cd}_slice_{z + 1:04d}"
                 row = dict(
@@ -88,7 +85,7 @@ def make_work(
                     row[f"area_{name}"] = area
                 rows.append(row)
     man = pd.DataFrame(rows)
-    man.to_csv(work / "manifest.csv", index=False)
+    write_manifest(work, man)
     folds = []
     case_list = sorted(man["case"].unique())
     for k in range(5):
@@ -114,6 +111,7 @@ def make_work(
         faulty_case_days=["case7_day0", "case81_day30"],
         folds=folds,
     )
-    (work / "splits" / "splits.json").write_text(json.dumps(splits))
-    (work / "prepare.json").write_text(json.dumps(dict(format_version=1, stride=2, channels=3, data_root="synthetic")))
+    write_splits_json(work, splits)
+    args = dict(data_root="synthetic", split="train", labels="synthetic", stride=2, channels=3)
+    write_prepare_json(work, dict(version=1, status="done", args=args, labels=True, n_slices=len(man)))
     return work

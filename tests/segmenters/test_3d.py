@@ -15,7 +15,10 @@ from data_prep.constants import REPO_ROOT
 mmengine = pytest.importorskip("mmengine")
 pytest.importorskip("monai")
 
-from segmenters.monai3d import (  # noqa: E402
+from segmenters.monai3d_synth import make_synthetic_work  # noqa: E402
+from segmenters.monai3d_train import lr_factor, parse_stages, train_3d  # noqa: E402
+
+from segmenters.monai.volumes import (  # noqa: E402
     DiceBCELoss,
     build_model,
     check_roi,
@@ -28,8 +31,6 @@ from segmenters.monai3d import (  # noqa: E402
     read_splits,
     target_hw,
 )
-from segmenters.monai3d_synth import make_synthetic_work  # noqa: E402
-from segmenters.monai3d_train import lr_factor, parse_stages, train_3d  # noqa: E402
 
 TINY = REPO_ROOT / "mmcfg" / "monai3d" / "segresnet-tiny_1xb2-40_synth-32x32x16.py"
 CONFIGS = sorted((REPO_ROOT / "mmcfg" / "monai3d").glob("*.py"))

@@ -14,10 +14,11 @@ from data_prep.constants import CLASSES, REAL_DEPTHS, REAL_SIZES, REPO_ROOT
 mmengine = pytest.importorskip("mmengine")
 pytest.importorskip("monai")
 
-from common.engine import atomic_torch_save  # noqa: E402
-from segmenters.infer_3d import Segmenter3D, tta_variants, write_prob_maps  # noqa: E402
-from segmenters.monai3d import build_model, resize_hw  # noqa: E402
 from segmenters.monai3d_synth import make_synthetic_work  # noqa: E402
+
+from common.engine import atomic_torch_save  # noqa: E402
+from segmenters.monai.inference import Segmenter3D, tta_variants, write_prob_maps  # noqa: E402
+from segmenters.monai.volumes import build_model, resize_hw  # noqa: E402
 
 TINY = REPO_ROOT / "mmcfg" / "monai3d" / "segresnet-tiny_1xb2-40_synth-32x32x16.py"
 DEFAULT = REPO_ROOT / "mmcfg" / "monai3d" / "segresnet_1xb2-20k_uwmgi-224x224x80.py"

@@ -11,7 +11,7 @@ from mmseg.registry import MODELS
 from seg_fixtures import REPO
 
 import segmenters.mm  # noqa: F401  (mmcv-lite shim before mmseg)
-from segmenters.configs import load_config
+from training.config import load_config
 
 pytestmark = pytest.mark.usefixtures("mmseg_scope")
 
@@ -43,7 +43,11 @@ def test_big_config_defaults(config) -> None:
     assert cfg.stack == dict(stride=2, channels=3, norm="max")
     assert cfg.train_cfg.max_iters == 20000 and cfg.train_dataloader.batch_size == 16
     assert cfg.model.test_cfg.tta == ["hflip"]
-    assert cfg.default_scope == "mmseg" and cfg.custom_imports.imports == ["segmenters.mm"]
+    assert cfg.default_scope == "mmseg" and cfg.custom_imports.imports == [
+        "training.runner",
+        "training.hooks",
+        "segmenters.mm",
+    ]
     assert cfg.default_hooks.checkpoint.save_best == "gi/score"
     losses = {d["type"]: d["loss_weight"] for d in cfg.model.decode_head.loss_decode}
     assert losses == {"MultiLabelBCELoss": 1.0, "MultiLabelDiceLoss": 1.0}

@@ -13,17 +13,13 @@ from mmseg.structures import SegDataSample
 from seg_fixtures import TINY_SWIN, TINY_UNET, TINY_UPERNET
 
 import segmenters.mm  # noqa: F401  (mmcv-lite shim before mmseg)
-from data_prep.volumes import load_mask, load_volume, unpack_mask
-from segmenters.checks import (
-    CheckpointMismatchError,
-    check_model_cfg,
-    check_timm_name,
-    check_work,
-    parse_folds,
-)
-from segmenters.configs import load_config
-from segmenters.mm.metric import GIMultiLabelMetric, slice_dice_table
-from segmenters.stacks import normalise_stack, read_stack
+from data_prep.volumes import unpack_mask
+from data_prep.work import check_work, load_mask, load_volume, parse_folds
+from evaluation.metric import slice_dice_table
+from segmenters.mm.metric import GIMultiLabelMetric
+from segmenters.mm.stacks import normalise_stack, read_stack
+from training.checks import CheckpointMismatchError, check_model_cfg, check_timm_name
+from training.config import load_config
 
 pytestmark = pytest.mark.usefixtures("mmseg_scope")
 
@@ -190,7 +186,7 @@ def test_bad_input_errors(seg_work, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="python -m data_prep prepare"):
         check_work(tmp_path / "empty")
     for bad in ("5", "-1", "x", "1.5"):
-        with pytest.raises(ValueError, match="0..4 or 'all'"):
+        with pytest.raises(ValueError, match=r"\[0, 4\] or 'all'"):
             parse_folds(bad)
     assert parse_folds("all") == [0, 1, 2, 3, 4] and parse_folds(3) == [3]
     with pytest.raises(ValueError, match="efficientnet_b4"):
@@ -219,7 +215,7 @@ def test_train_tool_rejects_bad_input_before_training(seg_work, tmp_path, capsys
     assert tool.main([cfg, "--work", str(tmp_path / "nothing"), "--work-dir", str(tmp_path / "wd")]) == 2
     assert "python -m data_prep prepare" in capsys.readouterr().err
     assert tool.main([cfg, "--work", str(seg_work), "--fold", "7", "--work-dir", str(tmp_path / "wd")]) == 2
-    assert "0..4 or 'all'" in capsys.readouterr().err
+    assert "[0, 4] or 'all'" in capsys.readouterr().err
     opts = ["--cfg-options", "model.backbone.model_name=convnext_attto"]
     assert tool.main([cfg, "--work", str(seg_work), "--work-dir", str(tmp_path / "wd"), *opts]) == 2
     assert "convnext_atto" in capsys.readouterr().err
@@ -244,7 +240,7 @@ def test_pretrained_from_local_file_adapts_stem(tmp_path) -> None:
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path) -> None:
-    from segmenters.inference import Segmenter
+    from segmenters.mm.inference import Segmenter
 
     cfg = load_config(TINY_SWIN, work="/nonexistent")
     path = tmp_path / "swin.pth"
@@ -256,7 +252,7 @@ def test_checkpoint_from_another_config_is_refused(tmp_path) -> None:
 def test_checkpoints_are_weights_only_loadable_and_resumable(tmp_path) -> None:
     from mmengine.logging import HistoryBuffer
 
-    from segmenters.mm.engine import atomic_save_checkpoint, load_full_checkpoint, resume_candidates
+    from training.runner import atomic_save_checkpoint, load_full_checkpoint, resume_candidates
 
     buf = HistoryBuffer([1.5, np.float64(2.5)], [1, 1])
     ckpt = {

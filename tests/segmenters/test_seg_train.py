@@ -126,8 +126,8 @@ def test_test_tool_writes_maps_matching_manifest(trained, seg_work, tmp_path) ->
 
 
 def test_segmenter_keep_and_boxes(trained, seg_work) -> None:
-    from data_prep.volumes import load_volume
-    from segmenters.inference import Segmenter
+    from data_prep.work import load_volume
+    from segmenters.mm.inference import Segmenter
 
     wd, _ = trained
     seg = Segmenter.load(TINY_UPERNET, wd / "iter_10.pth", "cpu", cfg_options={"img_size": (64, 64)})

@@ -20,11 +20,10 @@ import pytest
 import yaml
 
 from data_prep.constants import CLASSES
-from data_prep.layout import read_layout, read_scan
+from data_prep.layout import RLEVolumes, read_layout, read_rle_table, read_scan, shapes_manifest
 from data_prep.rle import rle_decode
-from ensembles.io import RLEVolumes, read_rle_table, shapes_manifest
-from ensembles.pipeline import infer
 from ensembles.spec import load_spec
+from inference.pipeline import infer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -341,15 +340,15 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
+    import segmenters.inference  # noqa: F401  (registers the project's mmseg modules)
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    import segmenters.inference  # noqa: F401  (registers the project's mmseg modules)
     from gating.classifier import build_classifier
     from gating.crop import yolo_offline_env
-    from segmenters.configs import load_config, strip_pretrained
-    from segmenters.infer_3d import _load_config
-    from segmenters.monai3d import build_model, cfg_get
+    from segmenters.monai.inference import _load_config
+    from segmenters.monai.volumes import build_model, cfg_get
+    from training.config import load_config, strip_pretrained
 
     cfg = load_config(str(REPO / "mmcfg/unet/unet_effb0_1xb4-40_gitract-128x128.py"))
     init_default_scope("mmseg")

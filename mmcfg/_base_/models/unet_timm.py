@@ -1,4 +1,7 @@
 # U-Net decoder over a timm features_only encoder; multi-label sigmoid output, BCE + Dice.
+default_scope = "mmseg"
+custom_imports = dict(imports=["training.runner", "training.hooks", "segmenters.mm"], allow_failed_imports=False)
+custom_hooks = [dict(type="TrainingCurveHook", keys=("gi/score", "gi/dice"))]
 norm_cfg = dict(type="BN", requires_grad=True)
 model = dict(
     type="MultiLabelEncoderDecoder",

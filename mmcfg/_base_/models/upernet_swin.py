@@ -1,5 +1,8 @@
 # UPerNet over mmseg's Swin Transformer; multi-label sigmoid outputs, BCE + Dice.
 # Pretrained: backbone.init_cfg=dict(type='Pretrained', checkpoint='/local/swin.pth') (mmseg key layout).
+default_scope = "mmseg"
+custom_imports = dict(imports=["training.runner", "training.hooks", "segmenters.mm"], allow_failed_imports=False)
+custom_hooks = [dict(type="TrainingCurveHook", keys=("gi/score", "gi/dice"))]
 norm_cfg = dict(type="BN", requires_grad=True)
 model = dict(
     type="MultiLabelEncoderDecoder",

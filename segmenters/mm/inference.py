@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
+import segmenters.mm  # noqa: F401  (the mmcv-lite shim and the registered modules, before any mmseg import)
+from common.engine import load_weights
 from data_prep.constants import NUM_CLASSES
+from data_prep.volumes import stack_indices
+from gating.crop import crop_resize, full_box, paste_resize
+from segmenters.mm.stacks import normalise_stack
+from training.checks import check_state_dict_matches
+from training.config import load_config, strip_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +79,10 @@ class Segmenter:
             FileNotFoundError: config or checkpoint missing.
             CheckpointMismatchError: the checkpoint was made by another config.
         """
-        from common.engine import load_weights
-        from segmenters.checks import check_state_dict_matches
-        from segmenters.configs import load_config, strip_pretrained
-
-        cfg = load_config(config, cfg_options)
         from mmengine.registry import init_default_scope
         from mmseg.registry import MODELS
+
+        cfg = load_config(config, cfg_options)
 
         init_default_scope("mmseg")
         strip_pretrained(cfg.model)  # weights come from the checkpoint
@@ -119,10 +123,6 @@ class Segmenter:
         Returns:
             float32 ``(D, 3, H, W)`` probabilities in ``[0, 1]``, full image size.
         """
-        from data_prep.volumes import stack_indices
-        from gating.crop import crop_resize, full_box, paste_resize
-        from segmenters.stacks import normalise_stack
-
         if volume.ndim != 3:
             raise ValueError(f"volume must be (D, H, W), got shape {volume.shape}")
         d, h, w = volume.shape

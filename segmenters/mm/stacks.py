@@ -1,7 +1,7 @@
 """2.5D stacks: read a slice stack from a case-day volume, normalise it, resize it (crops: ``gating.crop``).
 
 Pure numpy/OpenCV; shared by the training dataset (``segmenters.mm.data``) and inference
-(``segmenters.inference``) so that both see images made the same way.
+(``segmenters.mm.inference``) so that both see images made the same way.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """3D segmenters with MONAI (SegResNet, DynUNet) on whole case-day volumes: the pieces shared by training
-(:mod:`segmenters.monai3d_train`) and inference (:mod:`segmenters.infer_3d`).
+(:mod:`segmenters.monai.train`) and inference (:mod:`segmenters.monai.inference`).
 
 Layout conventions:
 
@@ -18,12 +18,10 @@ loaded config (any mapping).
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_prep.constants import CLASSES, NUM_CLASSES, case_day_of
-from data_prep.volumes import mask_path, unpack_mask, volume_path
+from data_prep.constants import CLASSES, NUM_CLASSES
+from data_prep.volumes import unpack_mask
+from data_prep.work import has_mask, load_mask, load_volume, prepare_hint
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +39,6 @@ logger = logging.getLogger(__name__)
 MODEL_TYPES: tuple[str, ...] = ("SegResNet", "DynUNet")
 NORM_MODES: tuple[str, ...] = ("percentile", "max", "zscore")
 RESAMPLE_MODES: tuple[str, ...] = ("size", "spacing", "none")
-
-PREPARE_HINT = "python -m data_prep prepare --data-root DATA_ROOT --out WORK"
-EXPORT_3D_HINT = "python -m data_prep export 3d --work WORK"
 
 
 def cfg_get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -332,121 +328,17 @@ def dice_per_class(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_manifest(work: str | os.PathLike) -> Any:
-    """``WORK/manifest.csv`` as a DataFrame (needs ``id, case_day, z``), sorted by case-day and z."""
-    import pandas as pd
-
-    path = Path(work) / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: make the WORK folder with `{PREPARE_HINT}`")
-    df = pd.read_csv(path)
-    missing = {"id", "case_day", "z"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} lacks columns {sorted(missing)}; re-run `{PREPARE_HINT} --overwrite`")
-    return df.sort_values(["case_day", "z"], kind="stable").reset_index(drop=True)
-
-
-def read_splits(work: str | os.PathLike) -> dict[str, Any]:
-    """``WORK/splits/splits.json`` (see docs/contracts.md)."""
-    path = Path(work) / "splits" / "splits.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the folds are written by `{PREPARE_HINT}`")
-    with open(path) as f:
-        return json.load(f)
-
-
-def fold_case_days(splits: Mapping[str, Any], fold: int) -> tuple[list[str], list[str]]:
-    """``(train, val)`` case-days of ``fold``: train = case-days of the fold's ``train["all"]`` slice ids
-    (faulty case-days already dropped by data_prep), val = case-days of its ``val`` ids. Sorted."""
-    folds = {int(f["fold"]): f for f in splits["folds"]}
-    if fold not in folds:
-        raise ValueError(f"fold {fold} not in splits.json (folds: {sorted(folds)})")
-    f = folds[fold]
-    train = sorted({case_day_of(i) for i in f["train"]["all"]})
-    val = sorted({case_day_of(i) for i in f["val"]})
-    overlap = set(train) & set(val)
-    if overlap:
-        raise ValueError(f"fold {fold}: case-days in both train and val: {sorted(overlap)[:5]}")
-    return train, val
-
-
-def _collect_entries(obj: Any, out: dict[str, dict[str, Any]]) -> None:
-    if isinstance(obj, Mapping):
-        if "case_day" in obj and "image" in obj:
-            out.setdefault(str(obj["case_day"]), dict(obj))
-            return
-        for v in obj.values():
-            _collect_entries(v, out)
-    elif isinstance(obj, list):
-        for v in obj:
-            _collect_entries(v, out)
-
-
-def load_3d_datalist(work: str | os.PathLike, fold: int | None = None) -> dict[str, dict[str, Any]]:
-    """Every case-day entry of data_prep's 3D export, keyed by case-day.
-
-    Reads ``WORK/exports/3d/fold_{fold}/datalist.json`` (what ``python -m data_prep export 3d`` writes), else
-    any ``WORK/exports/3d/fold_*/datalist.json`` and ``WORK/exports/3d/datalist.json``. Entries are
-    ``{"case_day", "image", "label", "spacing": [z, y, x]}``; relative paths are resolved against the export
-    folder, then WORK. Fold membership comes from ``splits.json``, not from these files.
-
-    Raises:
-        FileNotFoundError: no export (the message names the commands that make it).
-    """
-    work = Path(work)
-    root = work / "exports" / "3d"
-    paths = [root / f"fold_{fold}" / "datalist.json"] if fold is not None else []
-    paths = [p for p in paths if p.is_file()] or sorted(root.glob("fold_*/datalist.json"))
-    if (root / "datalist.json").is_file():
-        paths.append(root / "datalist.json")
-    if not paths:
-        if not (work / "manifest.csv").is_file():
-            raise FileNotFoundError(
-                f"no 3D export under {root} and {work} is not a prepared WORK folder: run `{PREPARE_HINT}`, "
-                f"then `{EXPORT_3D_HINT}`"
-            )
-        raise FileNotFoundError(f"3D export {root}/fold_*/datalist.json not found: make it with `{EXPORT_3D_HINT}`")
-    entries: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        with open(path) as f:
-            raw = json.load(f)
-        found: dict[str, dict[str, Any]] = {}
-        _collect_entries(raw, found)
-        for e in found.values():
-            for key in ("image", "label"):
-                if e.get(key) is None:
-                    continue
-                p = Path(e[key])
-                if not p.is_absolute():
-                    p = next((c for c in (path.parent / p, work / p) if c.exists()), work / p)
-                e[key] = str(p)
-        for cd, e in found.items():
-            entries.setdefault(cd, e)
-    if not entries:
-        raise ValueError(f"{paths} list no case-day entries ({{'case_day', 'image', ...}}); re-run `{EXPORT_3D_HINT}`")
-    return entries
-
-
 def load_case_day(
-    work: str | os.PathLike, case_day: str, entries: Mapping[str, Mapping[str, Any]] | None = None
+    work: str | os.PathLike, case_day: str, entry: Mapping[str, Any] | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
-    """``(volume uint16 (D, H, W) memmap, mask uint8 (D, H, W) bit-field memmap or None, spacing or None)``."""
-    e = (entries or {}).get(case_day)
-    img = Path(e["image"]) if e else volume_path(work, case_day)
-    lab = Path(e["label"]) if e and e.get("label") else mask_path(work, case_day)
-    if not img.is_file():
-        raise FileNotFoundError(f"volume {img} of {case_day} not found: re-run `{PREPARE_HINT}`")
-    volume = np.load(img, mmap_mode="r")
-    mask = np.load(lab, mmap_mode="r") if lab.is_file() else None
+    """``(volume uint16 (D, H, W) memmap, mask uint8 (D, H, W) bit-field memmap or None, spacing or None)`` of a
+    case-day of a WORK folder; ``entry`` (of :func:`data_prep.exports.read_datalist`) gives the spacing
+    ``(z, y, x)`` mm."""
+    volume = load_volume(work, case_day)
+    mask = load_mask(work, case_day) if has_mask(work, case_day) else None
     if mask is not None and mask.shape != volume.shape:
-        raise ValueError(f"mask {lab} has shape {mask.shape}, volume {img} has {volume.shape}; re-run `{PREPARE_HINT}`")
-    spacing = tuple(float(s) for s in e["spacing"]) if e and e.get("spacing") is not None else None
+        raise ValueError(
+            f"{case_day}: mask {mask.shape} and volume {volume.shape} differ in {work}; re-run `{prepare_hint(work)}`"
+        )
+    spacing = tuple(float(v) for v in entry["spacing"]) if entry and entry.get("spacing") is not None else None
     return volume, mask, spacing
-
-
-def work_dir_for(config_path: str | os.PathLike, fold: int, root: str | os.PathLike | None = None) -> Path:
-    """``work_dirs/{config stem}/fold_{k}`` under the repository (or under ``root``)."""
-    from data_prep.constants import REPO_ROOT
-
-    base = Path(root) if root is not None else REPO_ROOT / "work_dirs" / Path(config_path).stem
-    return base / f"fold_{fold}"

@@ -13,16 +13,16 @@ import pytest
 import scipy.ndimage as ndi
 
 from data_prep.constants import CLASSES
+from data_prep.layout import RLEVolumes, read_rle_table, shapes_manifest
 from data_prep.rle import rle_encode
-from ensembles.io import RLEVolumes, read_rle_table, shapes_manifest
-from ensembles.metric import (
+from evaluation.metric import (
     dice_per_slice,
     hausdorff_distance,
     hausdorff_reference,
     score_case_day,
     score_volumes,
 )
-from ensembles.scoring import score_tables
+from evaluation.scoring import score_tables
 
 SQ3 = math.sqrt(3.0)
 

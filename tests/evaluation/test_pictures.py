@@ -1,4 +1,5 @@
-"""Slice choice of tools/visualize.py, and the overlay files it writes for a synthetic case-day."""
+"""Slice choice of the case-day pictures (evaluation.pictures, tools/visualize.py), and the overlay files they write
+for a synthetic case-day."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from evaluation.pictures import pick_slices, visualize_case_day
 
-from tools.visualize import pick_slices, visualize_case_day  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_pick_slices_by_area_and_per_class():

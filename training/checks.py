@@ -1,94 +1,20 @@
 """Checks of user input made before any model is built or trained, each with a clear error.
 
-No mmseg import here: these run first, so that a bad work folder, fold, backbone name, pretrained path or
-checkpoint is reported in one sentence instead of a stack trace from deep inside mmengine.
+No mmseg import here: these run first, so that a bad backbone name, pretrained path or checkpoint is reported in
+one sentence instead of a stack trace from deep inside mmengine (WORK folders and folds: :mod:`data_prep.work`).
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from data_prep.constants import DEFAULT_FOLDS, SPLIT_VARIANTS
-
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint made by another config than the one given."""
-
-
-PREPARE_HINT = "python -m data_prep prepare --data-root DATA_ROOT --out {work}"
-
-
-def check_work(work: str | os.PathLike, need_masks: bool = True, need_splits: bool = True) -> Path:
-    """Check that ``work`` holds data_prep's output (docs/contracts.md, WORK folder).
-
-    Args:
-        work: the WORK folder.
-        need_masks: require ``masks/`` (training and evaluation).
-        need_splits: require ``splits/splits.json`` (any fold-based run).
-
-    Returns:
-        ``Path(work)``.
-
-    Raises:
-        FileNotFoundError: a required file is missing; the message names it and the command that makes it.
-    """
-    work = Path(work)
-    needed = [work / "prepare.json", work / "manifest.csv", work / "volumes"]
-    if need_masks:
-        needed.append(work / "masks")
-    if need_splits:
-        needed.append(work / "splits" / "splits.json")
-    missing = [p for p in needed if not p.exists()]
-    if missing:
-        names = ", ".join(str(p) for p in missing)
-        raise FileNotFoundError(
-            f"{work} does not hold data_prep's output (missing: {names}). Make it with "
-            f"`{PREPARE_HINT.format(work=work)}`, or pass the right folder with --work / "
-            "--cfg-options work=...; masks and splits exist only when the data root has train.csv."
-        )
-    return work
-
-
-def read_prepare(work: str | os.PathLike) -> dict[str, Any]:
-    """``WORK/prepare.json`` as a dict (stride, channels, ... as data_prep wrote them)."""
-    path = Path(work) / "prepare.json"
-    if not path.is_file():
-        check_work(work, need_masks=False, need_splits=False)
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def parse_folds(fold: str | int | None, n_folds: int = DEFAULT_FOLDS) -> list[int]:
-    """``"all"`` -> ``[0, ..., n_folds - 1]``; ``"3"`` or ``3`` -> ``[3]``.
-
-    Raises:
-        ValueError: anything else (a fold outside ``0..n_folds-1``).
-    """
-    if fold is None:
-        raise ValueError(f"fold must be 0..{n_folds - 1} or 'all', got None")
-    if isinstance(fold, str) and fold.strip().lower() == "all":
-        return list(range(n_folds))
-    try:
-        k = int(fold)
-    except (TypeError, ValueError):
-        k = None
-    if k is None or not 0 <= k < n_folds or (isinstance(fold, float) and fold != k):
-        raise ValueError(f"fold must be an integer in 0..{n_folds - 1} or 'all', got {fold!r}")
-    return [k]
-
-
-def check_variant(variant: str) -> str:
-    """Check a split variant name (``all``, ``notail``, ``noanno``)."""
-    if variant not in SPLIT_VARIANTS:
-        close = difflib.get_close_matches(str(variant), SPLIT_VARIANTS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"split variant must be one of {SPLIT_VARIANTS}, got {variant!r}.{hint}")
-    return variant
 
 
 def check_timm_name(name: str) -> str:
@@ -121,18 +47,17 @@ def _walk(obj: Any, path: str = "") -> Iterable[tuple[str, Any]]:
 def check_model_cfg(model_cfg: Mapping[str, Any]) -> None:
     """Check a model config before building it: timm backbone names, and that every pretrained path exists.
 
-    Looks at ``backbone.model_name`` of timm backbones and at every ``pretrained`` / ``checkpoint`` /
-    ``checkpoint_path`` value that is a non-empty string.
+    Looks at every ``model_name`` (timm backbones of the 2.5D models, the slice classifier's timm model) and at
+    every ``pretrained`` / ``checkpoint`` / ``checkpoint_path`` value that is a non-empty string.
 
     Raises:
         ValueError: unknown timm backbone.
         FileNotFoundError: a pretrained file that does not exist (weights are never downloaded).
     """
-    backbone = model_cfg.get("backbone", {}) or {}
-    if "model_name" in backbone:
-        check_timm_name(str(backbone["model_name"]))
     for key, value in _walk(model_cfg, "model"):
         leaf = key.rsplit(".", 1)[-1]
+        if leaf == "model_name" and isinstance(value, str):
+            check_timm_name(value)
         if leaf in ("pretrained", "checkpoint", "checkpoint_path") and isinstance(value, str) and value:
             if "://" in value:
                 raise ValueError(

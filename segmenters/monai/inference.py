@@ -1,9 +1,8 @@
 """Inference of the 3D segmenters: sliding window over a whole case-day, flip TTA, probabilities back at every
-slice's original size, written per case-day in the probability-map layout of docs/contracts.md.
+slice's original size (probability folders of a WORK: :func:`inference.predict.predict_work_3d`).
 
 >>> # seg = Segmenter3D.load("mmcfg/monai3d/segresnet_1xb2-20k_uwmgi-224x224x80.py", "fold_0/best.pth", "cuda")
 >>> # probs = seg.predict_volume(volume)          # float32 (D, 3, H, W) in [0, 1]
->>> # write_prob_maps(seg, "work", "oof/", case_days=val_case_days, fold=0)
 
 TTA names: ``"flip"`` = identity + left-right flip + slice-order flip (the model is run 3 times; ``"hflip"``
 (W), ``"vflip"`` (H) and ``"dflip"`` (D) may be listed one by one instead). ``()`` runs the model once.
@@ -11,8 +10,6 @@ TTA names: ``"flip"`` = identity + left-right flip + slice-order flip (the model
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -24,19 +21,8 @@ import torch
 from torch import nn
 
 from common.engine import load_weights
-from common.io import atomic_write_bytes
-from data_prep.constants import CLASSES, NUM_CLASSES
-from segmenters.monai3d import (
-    PREPARE_HINT,
-    build_model,
-    cfg_get,
-    check_roi,
-    load_case_day,
-    preprocess_image,
-    read_manifest,
-    resize_hw,
-    to_dict,
-)
+from data_prep.constants import NUM_CLASSES
+from segmenters.monai.volumes import build_model, cfg_get, check_roi, preprocess_image, resize_hw, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +67,7 @@ class Segmenter3D:
         model: the network (``(B, 1, h, w, d) -> (B, 3, h, w, d)`` logits).
         cfg: the loaded config (``data`` and ``infer`` sections are used).
         device: where the model runs.
-        config_path, checkpoint: recorded in ``meta.json`` by :func:`write_prob_maps`.
+        config_path, checkpoint: where it came from (recorded in probability folders).
     """
 
     def __init__(
@@ -196,106 +182,3 @@ class Segmenter3D:
         if out.shape != (d, NUM_CLASSES, h, w):  # pragma: no cover - guarded by construction
             raise RuntimeError(f"internal error: output shape {out.shape} != {(d, NUM_CLASSES, h, w)}")
         return out
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-def write_prob_maps(
-    seg: Segmenter3D,
-    work: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    case_days: Sequence[str] | None = None,
-    fold: int | None = None,
-    tta: Sequence[str] | None = ("flip",),
-    overwrite: bool = False,
-    progress: bool = False,
-    threshold: float = 0.5,
-) -> Path:
-    """Predict case-days of a WORK folder and write ``{out_dir}/{case_day}.npy`` (float16 ``(D, 3, H, W)``) and
-    ``{out_dir}/meta.json`` (``kind="3d"``, config, checkpoint, fold, tta, classes, case_days -> slice ids in z
-    order), as docs/contracts.md "Probability maps". ``meta.json`` is written last, every file atomically.
-    Where the WORK folder has masks, ``{out_dir}/metrics.json`` holds the competition metric of the maps
-    thresholded at ``threshold`` (``ensembles.metric``, its default conventions), as tools/test.py writes.
-
-    Args:
-        seg: a loaded :class:`Segmenter3D`.
-        work: data_prep's WORK folder (``manifest.csv``, ``volumes/``).
-        out_dir: output folder.
-        case_days: which case-days (default: every case-day of the manifest).
-        fold: recorded in meta.json (``None`` for test predictions).
-        tta: TTA names.
-        overwrite: replace existing maps / meta.json in ``out_dir``.
-        progress: tqdm bar.
-        threshold: pixel threshold for metrics.json.
-
-    Raises:
-        FileExistsError: ``out_dir`` already holds maps and ``overwrite`` is False.
-        ValueError: unknown case-days, or a volume whose depth differs from the manifest's.
-    """
-    try:
-        from ensembles.metric import aggregate, score_case_day
-    except ImportError:  # the metric is optional here: maps are written without metrics.json
-        aggregate = score_case_day = None  # type: ignore[assignment]
-    from data_prep.volumes import unpack_mask
-
-    work, out_dir = Path(work), Path(out_dir)
-    manifest = read_manifest(work)
-    ids_of = {cd: g["id"].tolist() for cd, g in manifest.groupby("case_day", sort=True)}
-    todo = sorted(ids_of) if case_days is None else list(case_days)
-    unknown = [cd for cd in todo if cd not in ids_of]
-    if unknown:
-        raise ValueError(f"case-days not in {work}/manifest.csv: {unknown[:5]}")
-    existing = [p.name for p in [out_dir / "meta.json", *(out_dir / f"{cd}.npy" for cd in todo)] if p.exists()]
-    if overwrite:
-        (out_dir / "metrics.json").unlink(missing_ok=True)
-    if existing and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds {existing[:3]}...; pass overwrite=True (--overwrite)")
-    spacing_of: dict[str, tuple[float, float]] = {}
-    if {"px_h", "px_w"} <= set(manifest.columns):
-        first = manifest.groupby("case_day", sort=False)[["px_h", "px_w"]].first()
-        spacing_of = {cd: (float(r.px_h), float(r.px_w)) for cd, r in first.iterrows()}
-    it: Any = todo
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(todo, desc="3d", dynamic_ncols=True)
-    records = []
-    for cd in it:
-        volume, mask, spacing = load_case_day(work, cd)
-        if volume.shape[0] != len(ids_of[cd]):
-            raise ValueError(
-                f"{cd}: volume has {volume.shape[0]} slices, manifest lists {len(ids_of[cd])}; re-run `{PREPARE_HINT}`"
-            )
-        probs = seg.predict_volume(np.asarray(volume), spacing or spacing_of.get(cd), tta)
-        atomic_write_bytes(out_dir / f"{cd}.npy", _npy_bytes(probs.astype(np.float16)))
-        if mask is not None and score_case_day is not None:
-            truth = unpack_mask(np.asarray(mask)).astype(bool)
-            records.append(score_case_day(cd, probs > threshold, truth))
-    if records:
-        res = aggregate(records).to_dict()
-        res["threshold"] = threshold
-        atomic_write_bytes(out_dir / "metrics.json", (json.dumps(res, indent=1) + "\n").encode())
-        logger.info(
-            "%s: score %.4f (dice %.4f, hausdorff %.4f) at threshold %s",
-            out_dir,
-            res["score"] or 0,
-            res["dice"] or 0,
-            res["hausdorff"] or 0,
-            threshold,
-        )
-    meta = {
-        "kind": "3d",
-        "config": seg.config_path,
-        "checkpoint": seg.checkpoint,
-        "fold": fold,
-        "tta": list(tta if tta is not None else seg.default_tta),
-        "classes": list(CLASSES),
-        "case_days": {cd: ids_of[cd] for cd in todo},
-    }
-    atomic_write_bytes(out_dir / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
-    logger.info("wrote %d probability maps to %s", len(todo), out_dir)
-    return out_dir

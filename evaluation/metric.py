@@ -1,8 +1,10 @@
 """The competition metric: ``0.4 * Dice + 0.6 * (1 - Hausdorff)``, exact and fast.
 
-A leaf module (numpy, scipy, pandas and ``data_prep.constants`` only), so every stage may import it.
+A leaf of the training and inference stages (numpy, scipy, pandas and ``data_prep.constants`` only): every
+validation hook, the search and the scoring command import it. Also here: :func:`slice_dice_table`, the Dice
+summaries that validation logs beside the score.
 
-Definitions (``/work/shared/DESIGN.md``, "The metric"):
+Definitions (the competition's metric, as ``docs/contracts.md`` restates it):
 
 - **Dice** per slice and class: ``2|X ∩ Y| / (|X| + |Y|)``, averaged over every (slice, class) pair.
 - **Hausdorff** per case-day on the 3D stack of slices (``z`` = slice index in manifest order): voxel
@@ -435,3 +437,29 @@ def score_volumes(
         )
     records = [score_case_day(k, pred[k], truth[k], empty, hausdorff) for k in sorted(pk)]
     return aggregate(records, empty, hausdorff, classes)
+
+
+def slice_dice_table(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> dict[str, float]:
+    """Dice summaries from per-slice, per-class pixel counts.
+
+    Args:
+        inter, psum, gsum: ``(S, C)`` intersections, predicted and true pixel counts (``C`` = ``len(CLASSES)``).
+
+    Returns:
+        ``dice`` (both empty = 1, the competition's convention), ``dice_skip`` (both-empty pairs skipped) and
+        ``dice_{class}`` (per class, both-empty slices skipped; nan when a class never appears).
+
+    >>> t = slice_dice_table(np.array([[1, 0, 0]]), np.array([[2, 0, 1]]), np.array([[2, 0, 0]]))
+    >>> round(t["dice"], 4), round(t["dice_skip"], 4), t["dice_small_bowel"]
+    (0.5, 0.25, nan)
+    """
+    inter, psum, gsum = (np.asarray(a, dtype=np.float64).reshape(-1, len(CLASSES)) for a in (inter, psum, gsum))
+    denom = psum + gsum
+    empty = denom == 0
+    d = np.where(empty, 1.0, 2 * inter / np.where(empty, 1, denom))
+    out = {"dice": float(d.mean()) if d.size else float("nan")}
+    out["dice_skip"] = float(d[~empty].mean()) if (~empty).any() else float("nan")
+    for c, name in enumerate(CLASSES):
+        sel = ~empty[:, c]
+        out[f"dice_{name}"] = float(d[sel, c].mean()) if sel.any() else float("nan")
+    return out

@@ -1,5 +1,6 @@
-"""A tiny WORK folder in data_prep's layout (docs/contracts.md), with synthetic 3D anatomy, for the 3D segmenters'
-tests, demo and benchmark: volumes, bit-field masks, manifest.csv, splits/splits.json, exports/3d/fold_0/datalist.json.
+"""A tiny WORK folder written through data_prep.work (docs/contracts.md), with synthetic 3D anatomy, for the 3D
+segmenters' tests: volumes, bit-field masks, manifest.csv, splits/splits.json, prepare.json and the 3D export of
+fold 0 (data_prep.exports.export_3d).
 
 Each case-day holds three bright ellipsoids (one per class, stomach and large bowel may overlap) on a noisy
 background, so a small network can learn them in a few iterations. The real pipeline makes WORK with
@@ -8,7 +9,6 @@ background, so a small network can learn them in a few iterations. The real pipe
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.constants import CLASSES, slice_id
+from data_prep.exports import export_3d
+from data_prep.work import manifest_path, save_mask, save_volume, write_manifest, write_prepare_json, write_splits_json
 
 #: Class intensities (uint16) of the synthetic anatomy, in CLASSES order.
 _INTENSITY = (1400, 2200, 3000)
@@ -76,12 +78,10 @@ def make_synthetic_work(
     import pandas as pd
 
     root = Path(root)
-    if (root / "manifest.csv").exists():
-        raise FileExistsError(f"{root}/manifest.csv exists; choose an empty folder")
-    for sub in ("volumes", "masks", "splits", "exports/3d"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    if manifest_path(root).exists():
+        raise FileExistsError(f"{manifest_path(root)} exists; choose an empty folder")
     rng = np.random.default_rng(seed)
-    rows, entries, by_case = [], {}, {}
+    rows, by_case = [], {}
     k = 0
     for case in range(1, n_cases + 1):
         for day in range(days_per_case):
@@ -90,14 +90,8 @@ def make_synthetic_work(
             k += 1
             cd = f"case{case}_day{day}"
             vol, mask = synth_case_day(depth, h, w, rng)
-            np.save(root / "volumes" / f"{cd}.npy", vol)
-            np.save(root / "masks" / f"{cd}.npy", mask)
-            entries[cd] = {
-                "case_day": cd,
-                "image": str(root / "volumes" / f"{cd}.npy"),
-                "label": str(root / "masks" / f"{cd}.npy"),
-                "spacing": list(spacing),
-            }
+            save_volume(root, cd, vol)
+            save_mask(root, cd, mask)
             by_case.setdefault(case, []).append(cd)
             for z in range(depth):
                 row = {
@@ -120,7 +114,7 @@ def make_synthetic_work(
                     row[f"area_{name}"] = area
                 rows.append(row)
     df = pd.DataFrame(rows)
-    df.to_csv(root / "manifest.csv", index=False)
+    write_manifest(root, df)
     ids_of = df.groupby("case_day")["id"].apply(list).to_dict()
     folds = []
     for f in range(n_folds):
@@ -145,13 +139,8 @@ def make_synthetic_work(
         "faulty_case_days": [],
         "folds": folds,
     }
-    (root / "splits" / "splits.json").write_text(json.dumps(splits))
-    val0 = {cd for c in folds[0]["val_cases"] for cd in by_case[c]}
-    datalist = {
-        "fold": 0,
-        "training": [e for cd, e in entries.items() if cd not in val0],
-        "validation": [e for cd, e in entries.items() if cd in val0],
-    }
-    (root / "exports" / "3d" / "fold_0").mkdir(parents=True, exist_ok=True)
-    (root / "exports" / "3d" / "fold_0" / "datalist.json").write_text(json.dumps(datalist, indent=1))
+    write_splits_json(root, splits)
+    args = {"data_root": "synthetic", "split": "train", "labels": "synthetic", "stride": 2, "channels": 3}
+    write_prepare_json(root, {"version": 1, "status": "done", "args": args, "labels": True, "n_slices": len(df)})
+    export_3d(root, fold=0, z_spacing=spacing[0])
     return root

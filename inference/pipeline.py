@@ -1,8 +1,9 @@
 """Inference from a test tree to ``submission.csv``: crop -> gate -> 2.5D segmenters on kept slices -> 3D ->
 fuse -> post-process -> RLE -> CSV, streaming one case-day at a time (memory bounded by one case-day).
 
-This module sits above every stage (it imports gating and segmenters lazily, when a spec uses them).
-``tools/infer.py`` is its command line.
+The fuse -> gate -> post-process rule is :func:`ensembles.core.ensemble`, the function the search scores with;
+this module loads the models, runs them on each case-day's volume and writes the results. ``tools/infer.py`` is
+its command line.
 
 Model loading goes through :data:`LOADERS` (``kind -> (spec_model, checkpoint, device) -> predictor``), so the
 pipeline is testable with any object that has the contract's ``predict_volume`` / ``predict_boxes``.
@@ -15,6 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,17 @@ import numpy as np
 import pandas as pd
 
 from common.io import atomic_write_text
+from common.probmaps import ProbWriter, check_probs
+from common.viz import save_overlay
 from data_prep.constants import CLASSES
+from data_prep.layout import read_layout, read_scan
 from ensembles import core
-from ensembles.io import check_probs, write_prob_dir
 from ensembles.spec import ModelSpec, Spec
+from gating.classifier import SliceClassifier
+from gating.crop import Detector
+from inference.submission import encode_rows, order_rows, read_sample
+from segmenters.mm.inference import Segmenter
+from segmenters.monai.inference import Segmenter3D
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +44,18 @@ logger = logging.getLogger(__name__)
 
 
 def _load_25d(m: ModelSpec, checkpoint: Path, device: str) -> Any:
-    from segmenters.inference import Segmenter
-
     return Segmenter.load(str(m.config), str(checkpoint), device)
 
 
 def _load_3d(m: ModelSpec, checkpoint: Path, device: str) -> Any:
-    from segmenters.infer_3d import Segmenter3D
-
     return Segmenter3D.load(str(m.config), str(checkpoint), device)
 
 
 def _load_classifier(m: ModelSpec, checkpoint: Path, device: str) -> Any:
-    from gating.classifier import SliceClassifier
-
-    return SliceClassifier.load(str(checkpoint), device)
+    return SliceClassifier.load(str(checkpoint), device, config=str(m.config) if m.config else None)
 
 
 def _load_detector(m: ModelSpec, checkpoint: Path, device: str) -> Any:
-    from gating.crop import Detector
-
     return Detector.load(str(checkpoint), device, **m.options)
 
 
@@ -183,63 +184,45 @@ def predict_case_day(
                 )
 
     # gate
-    g = spec.gate
-    if g["method"] == "classifier":
-        presence = _group_mean(
-            [by[m.name] for m in spec.by_kind("classifier")],
-            lambda lm, p: p.predict_volume(volume, bs),
-            (d, c),
-            case_day,
-        )
-        from gating.gate import gate_decisions
-
-        keep = gate_decisions(presence, g["thresholds"], g["smooth"], g["min_consecutive"])
-    elif g["method"] == "unet_count":
-        gate_probs = _group_mean(
-            [by[m.name] for m in spec.by_kind("2.5d", role="gate")],
+    cls_probs = None
+    if spec.gate["method"] == "classifier":
+        classifiers = [by[m.name] for m in spec.by_kind("classifier")]
+        cls_probs = _group_mean(classifiers, lambda lm, p: p.predict_volume(volume, bs), (d, c), case_day)
+    gate_unets = [by[m.name] for m in spec.by_kind("2.5d", role="gate") if m.name in by]
+    keep = core.gate_keep(
+        spec.gate,
+        (d, c),
+        cls_probs=cls_probs,
+        gate_probs=lambda: _group_mean(
+            gate_unets,
             lambda lm, p: p.predict_volume(volume, keep=None, boxes=boxes, tta=tuple(lm.spec.tta), batch_size=bs),
             shape,
             case_day,
-        )
-        from gating.gate import presence_from_masks
-
-        keep = presence_from_masks(gate_probs, g["pixel_thr"], g["min_pixels"])
-        del gate_probs
-    else:
-        keep = np.ones((d, c), dtype=bool)
-    keep = np.asarray(keep, dtype=bool)
+        ),
+    )
     slice_keep = keep.any(axis=1)
 
-    groups: list[np.ndarray] = []
-    group_w: list[float] = []
-    seg2 = [by[m.name] for m in spec.by_kind("2.5d", role="segment") if m.name in by]
-    if seg2 and spec.fusion["weight_2d"] > 0:
-        if slice_keep.any():
-            groups.append(
-                _group_mean(
-                    seg2,
-                    lambda lm, p: p.predict_volume(
-                        volume, keep=slice_keep, boxes=boxes, tta=tuple(lm.spec.tta), batch_size=bs
-                    ),
-                    shape,
-                    case_day,
-                )
-            )
-        else:
-            groups.append(np.zeros(shape, np.float32))
-        group_w.append(spec.fusion["weight_2d"])
-    seg3 = [by[m.name] for m in spec.by_kind("3d") if m.name in by]
-    if seg3 and spec.fusion["weight_3d"] > 0:
-        groups.append(
-            _group_mean(seg3, lambda lm, p: p.predict_volume(volume, spacing, tta=tuple(lm.spec.tta)), shape, case_day)
+    def run_25d(lm: LoadedModel) -> np.ndarray:
+        if not slice_keep.any():  # the gate dropped every slice: nothing to run
+            return np.zeros(shape, np.float32)
+        return _model_mean(
+            lm,
+            lambda p: p.predict_volume(volume, keep=slice_keep, boxes=boxes, tta=tuple(lm.spec.tta), batch_size=bs),
+            shape,
+            case_day,
         )
-        group_w.append(spec.fusion["weight_3d"])
-    if not groups:
-        raise ValueError(f"{spec.source}: no segmenter with a positive weight (and a positive fusion weight)")
-    probs = core.fuse(groups, group_w, names=["2.5d", "3d"][: len(groups)]) if len(groups) > 1 else groups[0]
-    probs = core.apply_keep(probs, keep)
-    p = spec.post
-    masks = core.postprocess(probs, spec.thresholds, p["max_prob_floor"], p["min_component"], p["component_mode"])
+
+    def run_3d(lm: LoadedModel) -> np.ndarray:
+        return _model_mean(lm, lambda p: p.predict_volume(volume, spacing, tta=tuple(lm.spec.tta)), shape, case_day)
+
+    maps = [
+        core.ModelMap(
+            lm.spec.name, lm.spec.kind, lm.spec.weight, partial(run_25d if lm.spec.kind == "2.5d" else run_3d, lm)
+        )
+        for lm in models
+        if lm.spec.role == "segment" and lm.spec.kind in core.GROUPS
+    ]
+    probs, masks = core.ensemble(maps, shape, spec.fusion, keep, spec.thresholds, spec.post)
     return CaseDayResult(probs, keep, masks, boxes)
 
 
@@ -262,19 +245,7 @@ def check_tree(manifest: pd.DataFrame, tree: Path) -> None:
             )
 
 
-def read_sample(path: Path | None) -> pd.DataFrame | None:
-    """The sample submission (``id, class``) or None when absent."""
-    if path is None or not path.is_file():
-        return None
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if "id" not in df.columns or "class" not in df.columns:
-        raise ValueError(f"{path}: expected columns id,class,predicted, got {list(df.columns)}")
-    return df[["id", "class"]]
-
-
 def _read_volume(paths: Sequence[str], hw: tuple[int, int], pool: ThreadPoolExecutor | None) -> np.ndarray:
-    from data_prep.layout import read_scan
-
     if pool is None:
         return np.stack([read_scan(p, hw) for p in paths])
     return np.stack(list(pool.map(lambda p: read_scan(p, hw), paths)))
@@ -324,8 +295,6 @@ def infer(
         FileExistsError, FileNotFoundError (missing checkpoint, tree), ValueError (bad tree, sample ids absent
         from the tree, NaN in a probability map), each naming the file.
     """
-    from data_prep.layout import read_layout
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -358,6 +327,10 @@ def infer(
     overlay_dir = out.with_name(out.stem + "_overlays")
     n_over = 0
     keep_rows = []
+    writer = None
+    if save_probs:
+        meta = {"kind": "ensemble", "config": spec.source, "checkpoint": None, "fold": None, "tta": []}
+        writer = ProbWriter(save_probs, {**meta, "classes": list(CLASSES)}, overwrite=overwrite, resume=True)
     pool = ThreadPoolExecutor(max_workers=workers) if workers and workers > 0 else None
     try:
         it: Iterable[str] = progress(case_days) if progress else case_days
@@ -370,31 +343,22 @@ def infer(
             spacing = (float(g["px_h"].iloc[0]), float(g["px_w"].iloc[0]))
             res = predict_case_day(spec, models, volume, spacing, batch_size, cd)
             ids = g["id"].tolist()
-            rows.extend(core.encode_rows(ids, res.masks))
-            if save_probs:
-                meta = {
-                    "kind": "ensemble",
-                    "config": spec.source,
-                    "checkpoint": None,
-                    "fold": None,
-                    "tta": [],
-                    "classes": list(CLASSES),
-                }
-                write_prob_dir(save_probs, cd, res.probs, ids, meta)
+            rows.extend(encode_rows(ids, res.masks))
+            if writer is not None:
+                writer.add(cd, ids, res.probs)
                 keep_rows.extend((sid, *map(int, k)) for sid, k in zip(ids, res.keep))
             if n_over < overlays:
                 area = res.masks.sum(axis=(1, 2, 3))
                 z = int(np.argmax(area))
                 overlay_dir.mkdir(parents=True, exist_ok=True)
-                from common.viz import save_overlay
-
                 save_overlay(overlay_dir / f"{ids[z]}.png", volume[z], None, res.masks[z], title=ids[z])
                 n_over += 1
     finally:
         if pool is not None:
             pool.shutdown()
-    sub = core.order_rows(pd.DataFrame(rows, columns=["id", "class", "predicted"]), sample, str(sample_path))
-    if save_probs:
+    sub = order_rows(pd.DataFrame(rows, columns=["id", "class", "predicted"]), sample, str(sample_path))
+    if writer is not None:
+        writer.finish()
         kdf = pd.DataFrame(keep_rows, columns=["id", *CLASSES])
         atomic_write_text(Path(save_probs) / "keep.csv", kdf.to_csv(index=False))
     atomic_write_text(out, sub.to_csv(index=False, lineterminator="\n"), overwrite=True)

@@ -39,18 +39,17 @@ from common.engine import (
 from common.io import atomic_write_bytes
 from common.viz import save_training_curves
 from data_prep.constants import CLASSES
-from segmenters.monai3d import (
+from data_prep.exports import read_datalist
+from data_prep.work import fold_case_days, read_splits
+from segmenters.monai.volumes import (
     build_loss,
     build_model,
     cfg_get,
     check_roi,
     dice_per_class,
-    fold_case_days,
-    load_3d_datalist,
     load_case_day,
     preprocess_image,
     preprocess_label,
-    read_splits,
     to_dict,
 )
 
@@ -78,7 +77,7 @@ class LoadCaseDayd(Transform):
 
     def __call__(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         cd = str(entry["case_day"])
-        volume, mask, spacing = load_case_day(self.work, cd, {cd: entry})
+        volume, mask, spacing = load_case_day(self.work, cd, entry)
         if mask is None:
             raise FileNotFoundError(f"no mask for {cd} ({entry.get('label')}): training needs labels")
         image = preprocess_image(np.asarray(volume), self.cfg, spacing)
@@ -323,7 +322,7 @@ def train_3d(
     if (amp or (amp is None and cfg_get(train_cfg, "amp", False))) and device.type != "cuda":
         logger.info("AMP requested but running on %s: training in float32", device)
 
-    entries = load_3d_datalist(work, fold)
+    entries = read_datalist(work, fold)
     train_cds, val_cds = fold_case_days(read_splits(work), fold)
     missing = [cd for cd in train_cds + val_cds if cd not in entries]
     if missing:

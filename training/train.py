@@ -1,6 +1,12 @@
-"""Train a 2.5D segmenter fold by fold with mmengine (the library side of ``tools/train.py``).
+"""Train any model kind of the project fold by fold on mmengine's Runner (the library side of ``tools/train.py``,
+``tools/train_cls.py`` and ``tools/train_3d.py``).
 
->>> # train(["mmcfg/unet/unet_effb0_1xb4-40_gitract-128x128.py"], fold="0", work="work")  # doctest: +SKIP
+A fold is one run in its own work dir. ``fold`` is ``K`` (that fold) or ``"all"`` (every fold of the WORK's
+``splits.json`` in turn, each in ``{work_dir}/fold_{k}``), the same for the 2.5D segmenters, the slice classifier
+and the 3D segmenters. Every check (WORK, fold, split variant, timm names, pretrained files, an existing run)
+happens before the first fold trains.
+
+>>> # train("mmcfg/unet/unet_effb0_1xb4-40_gitract-128x128.py", fold="0", work="work")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -9,17 +15,19 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from data_prep.constants import DEFAULT_FOLDS, REPO_ROOT
-from segmenters.checks import check_model_cfg, check_variant, check_work, parse_folds
-from segmenters.configs import config_name, load_config
+from data_prep.constants import REPO_ROOT
+from data_prep.work import check_variant, check_work, n_folds_of, parse_folds, read_splits
+from training.checks import check_model_cfg
+from training.config import config_name, load_config
 
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "done.json"
+DEVICES = ("cpu", "cuda")
 
 
 def default_work_dir(config: str | os.PathLike, fold: int) -> Path:
@@ -37,6 +45,30 @@ def _clear_run(work_dir: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def select_device(device: str | None) -> None:
+    """Make ``device`` the one mmengine trains on: ``"cpu"`` hides the GPUs from this process (mmengine places the
+    model on CUDA whenever it sees one); ``"cuda"`` requires one; None keeps mmengine's choice.
+
+    Call it before CUDA is first used (tools do it first thing).
+
+    Raises:
+        ValueError: unknown device, or ``"cuda"`` without a GPU.
+    """
+    if device is None:
+        return
+    if device not in DEVICES:
+        raise ValueError(
+            f"device must be one of {DEVICES} (mmengine picks the GPU index from LOCAL_RANK), got {device!r}"
+        )
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to this process")
+
+
 def build_train_cfg(
     config: str | os.PathLike,
     fold: int,
@@ -50,8 +82,8 @@ def build_train_cfg(
 ) -> Any:
     """The checked mmengine config of one fold's run (no model built yet).
 
-    Checks, in order: WORK holds data_prep's output (with masks and splits), the split variant, timm
-    backbone names and pretrained files.
+    Checks, in order: WORK holds data_prep's output (with masks and splits), the split variant, timm names and
+    pretrained files.
 
     Raises:
         FileNotFoundError / ValueError: bad input, with what to do about it.
@@ -90,7 +122,8 @@ def plan_runs(
         FileNotFoundError / ValueError: bad input (WORK, fold, variant, backbone, pretrained path).
         FileExistsError: a work dir holds checkpoints and neither ``resume`` nor ``overwrite`` was given.
     """
-    folds = parse_folds(fold, DEFAULT_FOLDS)
+    probe = load_config(config, cfg_options, work=str(work) if work else None)
+    folds = parse_folds(fold, n_folds_of(read_splits(check_work(probe.work, need_masks=True, need_splits=True))))
     cfgs = []
     for k in folds:
         wd = (Path(work_dir) / f"fold_{k}" if len(folds) > 1 else Path(work_dir)) if work_dir else None
@@ -108,11 +141,12 @@ def plan_runs(
 def train_one(cfg: Any) -> Path:
     """Run one fold from a config made by :func:`plan_runs`; returns the work dir.
 
-    With ``cfg.overwrite`` the checkpoints of an earlier run in the work dir are deleted first (logs kept).
+    With ``cfg.overwrite`` the checkpoints of an earlier run in the work dir are deleted first (logs kept). Writes
+    ``done.json`` (iterations, seconds, checkpoints) when the run ends.
     """
     from common.engine import is_main_process, setup_distributed
     from common.io import atomic_write_bytes
-    from segmenters.mm.engine import GIRunner
+    from training.runner import GIRunner
 
     work_dir = Path(cfg.work_dir)
     if has_checkpoints(work_dir) and not cfg.resume and cfg.get("overwrite") and is_main_process():
@@ -123,15 +157,14 @@ def train_one(cfg: Any) -> Path:
     runner = GIRunner.from_cfg(cfg)
     runner.train()
     if is_main_process():
+        last = work_dir / "last_checkpoint"
         summary = dict(
             config=str(cfg.filename),
             fold=int(cfg.fold),
             split_variant=cfg.get("split_variant"),
             iterations=int(runner.iter),
             seconds=round(time.time() - t0, 1),
-            last_checkpoint=(work_dir / "last_checkpoint").read_text().strip()
-            if (work_dir / "last_checkpoint").exists()
-            else None,
+            last_checkpoint=last.read_text().strip() if last.exists() else None,
             best_checkpoints=sorted(str(p) for p in work_dir.glob("best_*.pth")),
         )
         atomic_write_bytes(work_dir / DONE_FILE, json.dumps(summary, indent=2).encode())
@@ -150,11 +183,11 @@ def train(
     overwrite: bool = False,
     launcher: str = "none",
 ) -> list[Path]:
-    """Train ``config`` on one fold or on all folds (one after the other); returns the work dirs.
+    """Train ``config`` on one fold or on every fold (one after the other); returns the work dirs.
 
     Args:
-        config: an ``mmcfg/`` config.
-        fold: ``0..4`` or ``"all"``.
+        config: an ``mmcfg/`` config of any kind (2.5D, classifier, 3D).
+        fold: ``K`` or ``"all"`` (every fold of the WORK's ``splits.json``).
         work: data_prep's WORK folder (default: the config's ``work``, else ``default_work_dir()``).
         split_variant: ``all``, ``notail`` or ``noanno`` (default: the config's).
         work_dir: output folder (default ``work_dirs/{config}/fold_{k}``; with ``fold='all'`` a ``fold_{k}``
@@ -167,18 +200,3 @@ def train(
     """
     cfgs = plan_runs(config, fold, work, split_variant, work_dir, cfg_options, amp, resume, overwrite, launcher)
     return [train_one(cfg) for cfg in cfgs]
-
-
-def parse_cfg_options(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["a.b=1", "c=(1,2)"]`` -> dict, values parsed as mmengine's ``DictAction`` does."""
-    if not items:
-        return {}
-    from mmengine.config import DictAction
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--cfg-options entries must be key=value, got {item!r}")
-        key, val = item.split("=", 1)
-        out[key] = DictAction._parse_iterable(val)
-    return out

@@ -1,4 +1,4 @@
-"""Score a submission (or any RLE table) against labels: the file side of :mod:`ensembles.metric`.
+"""Score a submission (or any RLE table) against labels: the file side of :mod:`evaluation.metric`.
 
 Case-days are decoded and scored one at a time (memory bounded), optionally in a process pool.
 """
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.io import atomic_write_text
+from common.io import atomic_write_text, markdown_table
 from data_prep.constants import CLASSES, case_day_of
-from ensembles.io import RLEVolumes, decode_case_day, markdown_table, read_rle_table, shapes_manifest
-from ensembles.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, CaseDayScore, ScoreResult, aggregate, score_case_day
+from data_prep.layout import RLEVolumes, read_layout, read_rle_table, shapes_manifest
+from data_prep.rle import decode_case_day
+from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, CaseDayScore, ScoreResult, aggregate, score_case_day
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,16 @@ def score_tables(
     """Score an RLE table against another, case-day by case-day.
 
     Args:
-        truth: :func:`ensembles.io.read_rle_table` of the labels; its case-days are scored (every slice of them
+        truth: :func:`data_prep.layout.read_rle_table` of the labels; its case-days are scored (every slice of them
             in ``manifest``; a slice with no label rows is empty).
         pred: same for the prediction; it must cover every slice id of the scored case-days.
-        manifest: ids, sizes and z order (:func:`ensembles.io.shapes_manifest` or ``read_layout`` output).
-        empty, hausdorff: metric options (:mod:`ensembles.metric`).
+        manifest: ids, sizes and z order (:func:`data_prep.layout.shapes_manifest` or ``read_layout`` output).
+        empty, hausdorff: metric options (:mod:`evaluation.metric`).
         workers: processes (0: in this process).
         progress: optional wrapper of the iterator (e.g. ``tqdm``) with ``total=``.
 
     Returns:
-        A :class:`ensembles.metric.ScoreResult`.
+        A :class:`evaluation.metric.ScoreResult`.
 
     Raises:
         ValueError: prediction rows missing (named), case-days absent from the manifest.
@@ -95,8 +96,6 @@ def manifest_for(
         return shapes_manifest(pd.read_csv(p))
     if data_root is None:
         raise ValueError("give --data-root (the scan tree gives image sizes and slice order) or --manifest")
-    from data_prep.layout import read_layout
-
     return shapes_manifest(read_layout(data_root, split, check_images=False))
 
 

@@ -1,11 +1,16 @@
-"""Training-run machinery on top of mmengine: atomic checkpoints, safe loading, training curves.
+"""The one training engine: mmengine's ``Runner`` with atomic checkpoints and safe, config-checked loading.
 
-- ``GIRunner``: a ``Runner`` whose checkpoints are written atomically (``common.engine.atomic_torch_save``:
-  a kill mid-write never leaves a truncated file for ``--resume`` to pick up) and in plain types, so that every
-  load (``load_from``, inference, even ``--resume``) works with ``weights_only=True``; ``load_from`` refuses a
-  checkpoint of another config; ``--resume`` falls back to the newest readable checkpoint of the work dir (and
-  unpickles fully only stock mmengine checkpoints of your own run).
-- ``TrainingCurveHook``: writes ``training_curve.png`` (loss, val metrics) in the work dir.
+Every model kind of the project (2.5D segmenters, the slice classifier, the 3D segmenters) trains on it; the
+configs name it with ``runner_type = "GIRunner"`` (``mmcfg/_base_/default_runtime.py``).
+
+- ``GIRunner``: checkpoints are written atomically (``common.engine.atomic_torch_save``: a kill mid-write never
+  leaves a truncated file for ``--resume`` to pick up) and in plain types, so that every load (``load_from``,
+  inference, even ``--resume``) works with ``weights_only=True``; ``load_from`` refuses a checkpoint of another
+  config; ``--resume`` falls back to the newest readable checkpoint of the work dir (and unpickles fully only
+  stock mmengine checkpoints of your own run); the best checkpoint gets the stable name ``best.pth``.
+- ``GIDistributedDataParallel``: DDP that also runs on CPU over gloo (``device_ids=None`` without CUDA).
+
+Registered in mmengine's root registries, so they resolve from any default scope (``mmseg`` or ``mmengine``).
 """
 
 from __future__ import annotations
@@ -19,16 +24,16 @@ from unittest import mock
 
 import mmengine.runner.runner as mm_runner_module
 import numpy as np
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
+import torch
+from mmengine.model import MMDistributedDataParallel, is_model_wrapper
+from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmengine.runner.checkpoint import save_checkpoint as _mm_save_checkpoint
-from mmseg.registry import HOOKS, RUNNERS
+from torch import nn
 
 from common.engine import atomic_torch_save, is_main_process, load_trusted, load_weights
-from common.viz import save_training_curves
-from segmenters.checks import check_state_dict_matches
+from training.checks import check_state_dict_matches
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +97,6 @@ def atomic_save_checkpoint(checkpoint: dict, filename: str, file_client_args: An
 def load_full_checkpoint(filename: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """A full checkpoint (optimizer, schedulers, message hub) for resuming: ``weights_only=True`` for the files
     this project writes, full unpickling (trusted: your own run) only for stock mmengine checkpoints."""
-    import torch
-
     try:
         checkpoint = torch.load(filename, map_location=map_location, weights_only=True)
     except Exception:  # noqa: BLE001 - an older / stock mmengine file: your own run, so trusted
@@ -191,50 +194,12 @@ class GIRunner(Runner):
         return checkpoint
 
 
-@HOOKS.register_module()
-class TrainingCurveHook(Hook):
-    """Write ``{work_dir}/training_curve.png`` after each validation and at the end of training (rank 0).
+@MODEL_WRAPPERS.register_module()
+class GIDistributedDataParallel(MMDistributedDataParallel):
+    """``MMDistributedDataParallel`` that also runs on CPU (gloo): ``device_ids=None`` when CUDA is absent."""
 
-    The loss history comes from the message hub (restored on ``--resume``); validation points are kept in
-    the message hub's runtime info, so the curve continues across resumed runs.
-
-    Args:
-        keys: validation metric keys to plot (without the ``val/`` prefix).
-        filename: PNG name inside the work dir.
-    """
-
-    priority = "LOW"
-
-    def __init__(self, keys: tuple[str, ...] = ("gi/score", "gi/dice"), filename: str = "training_curve.png") -> None:
-        self.keys = tuple(keys)
-        self.filename = filename
-
-    def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
-        if metrics:
-            hist = dict(runner.message_hub.get_info("gi_val_history", None) or {"iter": []})
-            hist = {k: list(v) for k, v in hist.items()}
-            hist["iter"].append(int(runner.iter))
-            for k in self.keys:
-                if k in metrics:
-                    hist.setdefault(k, []).append(float(metrics[k]))
-            runner.message_hub.update_info("gi_val_history", hist, resumed=True)
-        self._write(runner)
-
-    def after_train(self, runner: Runner) -> None:
-        self._write(runner)
-
-    def _write(self, runner: Runner) -> None:
-        if not is_main_process():
-            return
-        try:
-            buf = runner.message_hub.get_scalar("train/loss")
-            values = np.asarray(buf.data[0], dtype=float)
-        except KeyError:
-            values = np.zeros(0)
-        steps = np.arange(int(runner.iter) - len(values) + 1, int(runner.iter) + 1)
-        val = runner.message_hub.get_info("gi_val_history", None) or {"iter": []}
-        val = {k: v for k, v in val.items() if k == "iter" or len(v) == len(val["iter"])}
-        try:
-            save_training_curves(Path(runner.work_dir) / self.filename, (steps, values), val)
-        except Exception as e:  # noqa: BLE001 - a plot must never stop training
-            runner.logger.warning(f"could not write the training curve: {e}")
+    def __init__(self, module: nn.Module, device_ids: list[int] | None = None, **kwargs: Any) -> None:
+        if not torch.cuda.is_available():
+            device_ids = None
+        kwargs.setdefault("broadcast_buffers", False)
+        super().__init__(module=module, device_ids=device_ids, **kwargs)

@@ -1,0 +1,236 @@
+"""Probability maps of a WORK folder: one trained model over a fold's val case-days (out-of-fold predictions, the
+input of the ensemble search) or over every case-day (test time). ``tools/test.py`` (2.5D) and
+``tools/infer_3d.py`` (3D) are its command lines; both write through the same loop.
+
+Output (docs/contracts.md, "Probability maps", written by :class:`common.probmaps.ProbWriter`):
+``{out}/{case_day}.npy`` float16 ``(D, C, H, W)``, ``{out}/meta.json`` and, when the WORK folder has masks,
+``{out}/metrics.json``: the maps thresholded at ``threshold`` and scored with :mod:`evaluation.metric`
+(competition score, its Dice and Hausdorff parts, the per-slice Dice table, per class).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.probmaps import ProbWriter
+from data_prep.constants import CLASSES, REPO_ROOT, default_work_dir
+from data_prep.volumes import unpack_mask
+from data_prep.work import (
+    case_day_ids,
+    check_work,
+    fold_case_days,
+    has_mask,
+    load_mask,
+    load_volume,
+    parse_folds,
+    read_manifest,
+    read_splits,
+)
+from evaluation.metric import aggregate, score_case_day, slice_dice_table
+from training.config import config_name
+
+logger = logging.getLogger(__name__)
+
+#: ``predict(case_day, volume uint16 (D, H, W), spacing (sy, sx) mm) -> float32 (D, C, H, W)``.
+Predict = Callable[[str, np.ndarray, tuple[float, float]], np.ndarray]
+
+
+def default_out_dir(config: str | os.PathLike, fold: int | None) -> Path:
+    """``work_dirs/{config}/fold_{k}/oof`` (a fold's val side) or ``work_dirs/{config}/test`` (no fold)."""
+    base = REPO_ROOT / "work_dirs" / config_name(config)
+    return base / f"fold_{fold}" / "oof" if fold is not None else base / "test"
+
+
+def select_case_days(
+    work: str | os.PathLike, fold: int | str | None = None, case_days: Sequence[str] | None = None
+) -> dict[str, list[str]]:
+    """``{case_day: [slice ids in z order]}``: the val case-days of ``fold``, or ``case_days``, or every case-day.
+
+    Raises:
+        FileNotFoundError: WORK not prepared (or no splits with a fold). ValueError: unknown fold or case-day.
+    """
+    work = check_work(work, need_masks=False, need_splits=fold is not None)
+    manifest = read_manifest(work)
+    if fold is not None:
+        splits = read_splits(work)
+        (k,) = parse_folds(fold, int(splits.get("n_folds", len(splits["folds"]))))
+        case_days = fold_case_days(splits, k)[1]
+    return case_day_ids(manifest, case_days)
+
+
+def spacing_of(manifest_rows: Any) -> tuple[float, float]:
+    """In-plane spacing ``(sy, sx)`` mm of a case-day's manifest rows."""
+    return float(manifest_rows["px_h"].iloc[0]), float(manifest_rows["px_w"].iloc[0])
+
+
+def write_work_maps(
+    predict: Predict,
+    work: str | os.PathLike,
+    out: str | os.PathLike,
+    groups: Mapping[str, Sequence[str]],
+    meta: Mapping[str, Any],
+    overwrite: bool = False,
+    threshold: float = 0.5,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Predict every case-day of ``groups`` and write the probability folder ``out`` (and ``metrics.json``).
+
+    Args:
+        predict: the model (see :data:`Predict`).
+        work: the WORK folder.
+        out: the probability folder.
+        groups: ``{case_day: [slice ids in z order]}`` (:func:`select_case_days`).
+        meta: ``meta.json`` content (kind, config, checkpoint, fold, tta; ``classes`` is set here).
+        overwrite: replace an existing folder's maps.
+        threshold: for the metrics only (the maps are written unthresholded).
+        progress: tqdm over case-days.
+
+    Returns:
+        ``{"out", "case_days", "slices", "metrics" (when the WORK has masks)}``.
+
+    Raises:
+        FileExistsError: ``out`` holds maps and not ``overwrite``. ValueError: a volume whose depth differs from
+            the manifest's, or a model output of the wrong shape.
+    """
+    work = Path(work)
+    writer = ProbWriter(out, {**dict(meta), "classes": list(CLASSES)}, overwrite=overwrite)
+    manifest = read_manifest(work).set_index("id")
+    items: Any = list(groups.items())
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="case-days", unit="case-day")
+    counts, records = [], []
+    for cd, ids in items:
+        vol = load_volume(work, cd)
+        if vol.shape[0] != len(ids):
+            raise ValueError(f"{work}/volumes/{cd}.npy has {vol.shape[0]} slices, manifest.csv lists {len(ids)}")
+        probs = np.asarray(predict(cd, vol, spacing_of(manifest.loc[list(ids[:1])])), dtype=np.float32)
+        want = (vol.shape[0], len(CLASSES), *vol.shape[1:])
+        if probs.shape != want:
+            raise ValueError(f"{cd}: the model returned shape {probs.shape}, expected {want}")
+        writer.add(cd, ids, probs)
+        if has_mask(work, cd):
+            truth = unpack_mask(np.asarray(load_mask(work, cd))).astype(bool)
+            pred = probs > threshold
+            counts.append(np.stack([(pred & truth).sum((2, 3)), pred.sum((2, 3)), truth.sum((2, 3))], axis=-1))
+            records.append(score_case_day(cd, pred, truth))
+    summary: dict[str, Any] = dict(out=str(out), case_days=len(groups), slices=sum(len(v) for v in groups.values()))
+    metrics = None
+    if records:
+        c = np.concatenate(counts)
+        metrics = slice_dice_table(c[..., 0], c[..., 1], c[..., 2])
+        res = aggregate(records)
+        metrics.update(score=res.score, hausdorff=res.hausdorff, dice_3d=res.dice, threshold=threshold)
+        metrics["per_class"] = res.to_dict()["per_class"]
+        metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
+        summary["metrics"] = metrics
+        logger.info("%s: score %.4f (dice %.4f) at threshold %s", out, res.score, res.dice, threshold)
+    writer.finish(metrics)
+    logger.info("wrote %d probability maps to %s", len(groups), out)
+    return summary
+
+
+def predict_work(
+    config: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    work: str | os.PathLike | None = None,
+    fold: int | str | None = None,
+    out: str | os.PathLike | None = None,
+    tta: Sequence[str] = ("hflip",),
+    device: str = "cpu",
+    batch_size: int = 16,
+    boxes: str | os.PathLike | None = None,
+    threshold: float = 0.5,
+    overwrite: bool = False,
+    cfg_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Probability maps of a 2.5D segmenter (``tools/test.py``): a fold's val side, or the whole WORK folder.
+
+    Args:
+        config, checkpoint: the model (:meth:`segmenters.mm.inference.Segmenter.load`).
+        work: data_prep's WORK folder (default ``default_work_dir()``).
+        fold: ``K``: that fold's val case-days (out-of-fold predictions); None: every case-day (test time).
+        out: output folder (default :func:`default_out_dir`).
+        tta: flips averaged with the plain prediction.
+        device, batch_size: where and how many slices per forward pass.
+        boxes: optional crop-box CSV (``id, x0, y0, x1, y1``).
+        threshold: for the metrics only.
+        overwrite: replace an existing output folder's maps.
+        cfg_options: config overrides.
+        progress: tqdm over case-days.
+
+    Returns:
+        The summary of :func:`write_work_maps`.
+    """
+    from gating.crop import read_boxes
+    from segmenters.mm.inference import Segmenter
+
+    work = Path(work or default_work_dir())
+    groups = select_case_days(work, fold)
+    k = None if fold is None else parse_folds(fold, int(read_splits(work).get("n_folds", 5)))[0]
+    out = Path(out) if out else default_out_dir(config, k)
+    box_map = read_boxes(boxes) if boxes else {}
+    seg = Segmenter.load(config, checkpoint, device, cfg_options)
+
+    def predict(cd: str, vol: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+        bx = None
+        if box_map:
+            h, w = vol.shape[1:]
+            bx = np.array([box_map.get(i, (0, 0, w, h)) for i in groups[cd]], np.int64)
+        return seg.predict_volume(vol, boxes=bx, tta=tuple(tta), batch_size=batch_size)
+
+    meta = dict(kind="2.5d", config=str(config), checkpoint=str(checkpoint), fold=k, tta=list(tta))
+    return write_work_maps(predict, work, out, groups, meta, overwrite, threshold, progress)
+
+
+def predict_work_3d(
+    config: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    work: str | os.PathLike | None = None,
+    fold: int | str | None = None,
+    out: str | os.PathLike | None = None,
+    tta: Sequence[str] | None = None,
+    device: str = "cpu",
+    case_days: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Probability maps of a 3D segmenter (``tools/infer_3d.py``): a fold's val side, ``case_days``, or every
+    case-day of the WORK folder.
+
+    Args:
+        config, checkpoint: the model (:meth:`segmenters.monai.inference.Segmenter3D.load`).
+        work: data_prep's WORK folder (default ``default_work_dir()``).
+        fold: ``K``: that fold's val case-days; None: ``case_days`` or every case-day.
+        out: output folder (default ``{checkpoint dir}/oof`` with a fold, else ``{checkpoint dir}/test``).
+        tta: 3D TTA names (None: the config's).
+        device: where the model runs.
+        case_days: restrict to these (without ``fold``).
+        threshold, overwrite, progress: as :func:`write_work_maps`.
+
+    Returns:
+        The summary of :func:`write_work_maps`.
+    """
+    from segmenters.monai.inference import Segmenter3D
+
+    work = Path(work or default_work_dir())
+    groups = select_case_days(work, fold, case_days)
+    k = None if fold is None else parse_folds(fold, int(read_splits(work).get("n_folds", 5)))[0]
+    out = Path(out) if out else Path(checkpoint).parent / ("oof" if k is not None else "test")
+    seg = Segmenter3D.load(config, checkpoint, device)
+
+    def predict(cd: str, vol: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+        return seg.predict_volume(np.asarray(vol), spacing, tta)
+
+    used_tta = list(tta if tta is not None else seg.default_tta)
+    meta = dict(kind="3d", config=str(config), checkpoint=str(checkpoint), fold=k, tta=used_tta)
+    return write_work_maps(predict, work, out, groups, meta, overwrite, threshold, progress)
