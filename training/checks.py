@@ -102,3 +102,21 @@ def check_state_dict_matches(
             f"checkpoint {checkpoint} does not match config {config}: " + "; ".join(parts) + ". It was made by "
             "another config; pass the config it was trained with."
         )
+
+
+def load_checked_weights(model: Any, checkpoint: str | os.PathLike, config: str | os.PathLike) -> Any:
+    """Load a checkpoint's weights into ``model`` (``weights_only=True``: no code runs), after checking that they
+    fit the model built from ``config`` (:func:`check_state_dict_matches`); a leading ``module.`` (DDP) is dropped.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        FileNotFoundError: no such checkpoint. CheckpointMismatchError: weights of another config.
+    """
+    from common.engine import load_weights
+
+    state = load_weights(checkpoint)
+    check_state_dict_matches(model.state_dict(), state, checkpoint, str(config))
+    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=False)
+    return model

@@ -145,3 +145,21 @@ def strip_pretrained(model_cfg: Any) -> Any:
     if "pretrained" in model_cfg:
         model_cfg["pretrained"] = None
     return model_cfg
+
+
+def build_model(config: str | os.PathLike | Any, cfg_options: Mapping[str, Any] | None = None) -> Any:
+    """The freshly initialised model of a config of any kind (2.5D, classifier, 3D), without pretrained weights.
+
+    The config's registered modules are imported and its default scope set (``mmseg`` for the 2.5D models, the
+    root registries otherwise). Inference loaders build with it and then load a checkpoint's weights.
+
+    Args:
+        config: a config path, or a loaded ``mmengine.Config``.
+        cfg_options: overrides (path only).
+    """
+    from mmengine.registry import MODELS, init_default_scope
+
+    cfg = config if hasattr(config, "model") else load_config(config, cfg_options)
+    init_default_scope(cfg.get("default_scope") or "mmengine")
+    model_cfg = cfg.model.copy() if hasattr(cfg.model, "copy") else dict(cfg.model)
+    return MODELS.build(strip_pretrained(model_cfg))

@@ -15,13 +15,12 @@ import numpy as np
 import torch
 
 import segmenters.mm  # noqa: F401  (the mmcv-lite shim and the registered modules, before any mmseg import)
-from common.engine import load_weights
 from data_prep.constants import NUM_CLASSES
 from data_prep.volumes import stack_indices
 from gating.crop import crop_resize, full_box, paste_resize
 from segmenters.mm.stacks import normalise_stack
-from training.checks import check_state_dict_matches
-from training.config import load_config, strip_pretrained
+from training.checks import load_checked_weights
+from training.config import build_model, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -79,18 +78,8 @@ class Segmenter:
             FileNotFoundError: config or checkpoint missing.
             CheckpointMismatchError: the checkpoint was made by another config.
         """
-        from mmengine.registry import init_default_scope
-        from mmseg.registry import MODELS
-
         cfg = load_config(config, cfg_options)
-
-        init_default_scope("mmseg")
-        strip_pretrained(cfg.model)  # weights come from the checkpoint
-        state = load_weights(checkpoint)
-        model = MODELS.build(cfg.model)
-        check_state_dict_matches(model.state_dict(), state, checkpoint, str(config))
-        state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-        model.load_state_dict(state, strict=False)
+        model = load_checked_weights(build_model(cfg), checkpoint, config)  # weights come from the checkpoint
         model.to(device).eval()
         return cls(model, cfg, device, amp)
 
