@@ -26,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="start over in a work dir that has checkpoints")
     p.add_argument("--amp", action="store_true", help="automatic mixed precision")
     p.add_argument("--device", choices=("cpu", "cuda"), help="train on this device (default: CUDA when present)")
-    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config keys (mmengine style)")
+    p.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="override config keys (mmengine style); may be given more than once",
+    )
     p.add_argument("--launcher", choices=("none", "pytorch", "slurm"), default="none")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

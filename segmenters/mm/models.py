@@ -8,6 +8,7 @@ Registered in mmseg's registries: ``GITimmBackbone``, ``GIUNetHead``, ``MultiLab
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,7 +165,25 @@ class MultiLabelHeadMixin:
 
     Ground truth ``gt_sem_seg.data`` is ``(3, H, W)`` 0/1 per sample; the head outputs one logit per class;
     every loss in ``loss_decode`` gets ``(logits (N, 3, H, W), target (N, 3, H, W))``.
+
+    Args:
+        prior_prob: initial foreground probability of every pixel: the classifier's bias starts at
+            ``log(p / (1 - p))`` instead of 0 (a sigmoid output of 0.5 everywhere), as detectors do for rare
+            classes. Organs cover a few percent of the pixels, so without it the first hundreds of iterations
+            only learn that bias and predict nothing above 0.5. None keeps mmseg's zero bias.
+        **kwargs: the decode head's arguments.
     """
+
+    def __init__(self, *args: Any, prior_prob: float | None = None, **kwargs: Any) -> None:
+        if prior_prob is not None and not 0.0 < float(prior_prob) < 1.0:
+            raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+        self.prior_prob = prior_prob
+        super().__init__(*args, **kwargs)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if self.prior_prob is not None:
+            nn.init.constant_(self.conv_seg.bias, math.log(self.prior_prob / (1.0 - self.prior_prob)))
 
     def loss_by_feat(self, seg_logits: torch.Tensor, batch_data_samples: list) -> dict:
         gt = torch.stack([s.gt_sem_seg.data for s in batch_data_samples]).to(seg_logits.device)

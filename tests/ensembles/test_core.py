@@ -89,3 +89,66 @@ def test_weighted_mean_equals_fuse():
         acc.add(maps[0][:1], 1.0, "b")
     with pytest.raises(ValueError, match="nothing to fuse"):
         core.WeightedMean().result()
+
+
+def test_fuse_models_groups_weights_and_laziness():
+    a = np.full((2, 3, 4, 4), 0.2, np.float32)
+    b = np.full((2, 3, 4, 4), 0.8, np.float32)
+    c = np.full((2, 3, 4, 4), 0.5, np.float32)
+    called = []
+
+    def lazy(x, name):
+        def f():
+            called.append(name)
+            return x
+
+        return f
+
+    maps = [
+        core.ModelMap("a", "2.5d", 1.0, lazy(a, "a")),
+        core.ModelMap("b", "2.5d", 3.0, lazy(b, "b")),
+        core.ModelMap("z", "2.5d", 0.0, lazy(c, "z")),  # weight 0: never computed
+        core.ModelMap("c", "3d", 1.0, lazy(c, "c")),
+    ]
+    fused = core.fuse_models(maps, weight_2d=0.6, weight_3d=0.4)
+    # 2.5D group: (0.2 + 3 * 0.8) / 4 = 0.65; then 0.6 * 0.65 + 0.4 * 0.5 = 0.59
+    np.testing.assert_allclose(fused, 0.59, atol=1e-6)
+    assert called == ["a", "b", "c"]
+    called.clear()
+    only_2d = core.fuse_models(maps, weight_2d=1.0, weight_3d=0.0)  # a group of weight 0 is not computed
+    np.testing.assert_allclose(only_2d, 0.65, atol=1e-6)
+    assert called == ["a", "b"]
+    zero = [core.ModelMap(m.name, m.kind, 0.0, m.probs) for m in maps]
+    assert core.fuse_models(zero, 0.6, 0.4) is None  # nothing has a positive weight
+    with pytest.raises(ValueError, match="kind 'classifier'"):
+        core.fuse_models([core.ModelMap("x", "classifier", 1.0, a)], 1.0, 1.0)
+
+
+def test_ensemble_rule_gate_threshold_post_and_all_zero_weights():
+    p = np.zeros((3, 3, 6, 6), np.float32)
+    p[:, 0, 1:4, 1:4] = 0.7
+    p[1, 1, 0:2, 0:2] = 0.45  # under the 0.5 floor: emptied
+    keep = np.ones((3, 3), bool)
+    keep[2] = False  # the gate drops slice 2
+    post = {"max_prob_floor": 0.5, "min_component": 0, "component_mode": "2d"}
+    fusion = {"weight_2d": 1.0, "weight_3d": 0.0}
+    probs, masks = core.ensemble([core.ModelMap("m", "2.5d", 1.0, p)], p.shape, fusion, keep, 0.4, post)
+    assert masks[:, 0].sum(axis=(1, 2)).tolist() == [9, 9, 0]
+    assert masks[:, 1].sum() == 0  # 0.45 > threshold 0.4 but its class peak is under the floor
+    assert probs[2].max() == 0.0
+    # every weight 0: the rule predicts nothing (the same in the search and in inference)
+    probs0, masks0 = core.ensemble([core.ModelMap("m", "2.5d", 0.0, p)], p.shape, fusion, None, 0.4, post)
+    assert probs0.shape == p.shape and not probs0.any() and not masks0.any()
+
+
+def test_gate_keep_methods():
+    cls = np.array([[0.9, 0.1, 0.6], [0.2, 0.8, 0.4]])
+    keep = core.gate_keep({"method": "classifier", "thresholds": 0.5}, (2, 3), cls_probs=cls)
+    assert keep.tolist() == [[True, False, True], [False, True, False]]
+    assert core.gate_keep({"method": "none"}, (2, 3)).all()
+    probs = np.zeros((2, 3, 8, 8), np.float32)
+    probs[0, 2, :4, :4] = 0.9  # 16 pixels over 0.6
+    g = {"method": "unet_count", "pixel_thr": 0.6, "min_pixels": 12}
+    assert core.gate_keep(g, (2, 3), gate_probs=lambda: probs).tolist() == [[False, False, True], [False] * 3]
+    with pytest.raises(ValueError, match="needs the classifier"):
+        core.gate_keep({"method": "classifier"}, (2, 3))

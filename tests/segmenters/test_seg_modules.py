@@ -273,3 +273,16 @@ def test_checkpoints_are_weights_only_loadable_and_resumable(tmp_path) -> None:
     with pytest.raises((RuntimeError, EOFError, ValueError)):
         load_full_checkpoint(cands[0])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_prior_prob_initialises_the_classifier_bias() -> None:
+    head = MODELS.build(
+        dict(type="GIUNetHead", in_channels=[8, 16], decoder_channels=(8, 4), num_classes=3, prior_prob=0.02)
+    )
+    head.init_weights()
+    np.testing.assert_allclose(head.conv_seg.bias.detach().numpy(), np.log(0.02 / 0.98), rtol=1e-6)
+    feats = [torch.zeros(1, 8, 16, 16), torch.zeros(1, 16, 8, 8)]
+    probs = head(feats).sigmoid()
+    assert abs(float(probs.mean()) - 0.02) < 0.01  # every pixel starts near the prior, not at 0.5
+    with pytest.raises(ValueError, match="prior_prob must be in"):
+        MODELS.build(dict(type="MultiLabelFCNHead", in_channels=8, channels=4, num_classes=3, prior_prob=1.5))

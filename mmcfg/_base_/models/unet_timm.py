@@ -18,6 +18,7 @@ model = dict(
         in_channels=[16, 24, 40, 112, 320],  # efficientnet_b0 features, strides 2..32
         decoder_channels=(256, 128, 64, 32, 16),  # the 5th block reaches full resolution
         num_classes=3,
+        prior_prob=0.02,  # classifier bias starts at logit(0.02): organs cover a few % of the pixels
         dropout_ratio=0.0,
         norm_cfg=norm_cfg,
         align_corners=False,

@@ -22,6 +22,7 @@ model = dict(
         channels=512,
         dropout_ratio=0.1,
         num_classes=3,
+        prior_prob=0.02,  # classifier bias starts at logit(0.02): organs cover a few % of the pixels
         norm_cfg=norm_cfg,
         align_corners=False,
         loss_decode=[
@@ -38,6 +39,7 @@ model = dict(
         concat_input=False,
         dropout_ratio=0.1,
         num_classes=3,
+        prior_prob=0.02,
         norm_cfg=norm_cfg,
         align_corners=False,
         loss_decode=[dict(type="MultiLabelBCELoss", loss_weight=0.4, loss_name="loss_aux_bce")],
