@@ -18,11 +18,13 @@ from typing import Any
 
 import yaml
 
-from data_prep.exports import YOLO_EXPORT_HINT
+from data_prep.constants import REPO_ROOT
+from data_prep.exports import YOLO_EXPORT_HINT, export_yolo
+from data_prep.work import n_folds_of, parse_folds, read_splits
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["parse_overrides", "train_detector"]
+__all__ = ["parse_overrides", "train_detector", "train_detector_folds"]
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -160,3 +162,41 @@ def train_detector(
         best = last
     logger.info("detector weights: %s", best)
     return best
+
+
+def train_detector_folds(
+    work: str | os.PathLike,
+    fold: int | str = 0,
+    work_dir: str | os.PathLike | None = None,
+    model: str = "yolov8n.yaml",
+    step: int = 1,
+    **kwargs: Any,
+) -> list[Path]:
+    """Train the detector of fold ``K``, or of every fold in turn (``"all"``), each on its own YOLO export.
+
+    ``--fold K|all`` means what it means for every trainer of the project. The export of each fold
+    (``WORK/exports/yolo``, :func:`data_prep.exports.export_yolo`) is made or replaced first when it is missing
+    or was made for another fold: it is derived data that only this step reads.
+
+    Args:
+        work: the WORK folder.
+        fold: ``K`` or ``"all"``.
+        work_dir: run folder (default ``work_dirs/yolo_{model}/fold_{k}``; with ``"all"``: ``{work_dir}/fold_{k}``).
+        model: model YAML.
+        step: export every ``step``-th slice.
+        **kwargs: :func:`train_detector` arguments.
+
+    Returns:
+        The ``best.pt`` of every fold trained.
+    """
+    folds = parse_folds(fold, n_folds_of(read_splits(work)))
+    out = []
+    for k in folds:
+        data = export_yolo(work, fold=k, overwrite=True, step=step)
+        if work_dir is None:
+            wd = REPO_ROOT / "work_dirs" / f"yolo_{Path(model).stem}" / f"fold_{k}"
+        else:
+            wd = Path(work_dir) / f"fold_{k}" if len(folds) > 1 else Path(work_dir)
+        logger.info("fold %d: detector -> %s", k, wd)
+        out.append(train_detector(data, wd, model=model, **kwargs))
+    return out

@@ -3,8 +3,9 @@
     python tools/train_yolo.py --work WORK --fold 0 --imgsz 384 --epochs 30 --batch 32
     python tools/train_yolo.py --data WORK/exports/yolo/data.yaml --work-dir work_dirs/yolo/fold_0 lr0=0.005
 
-The export comes from ``python -m data_prep export yolo --work WORK --fold K``. Extra ``key=value`` arguments
-go to ultralytics (checked against its defaults). Weights land in ``{work-dir}/weights/best.pt``.
+``--fold K|all`` trains fold K or every fold in turn (``{work-dir}/fold_{k}``); each fold's YOLO export
+(``python -m data_prep export yolo``) is made first when WORK holds another. Extra ``key=value`` arguments go to
+ultralytics (checked against its defaults). Weights land in ``{work-dir}/weights/best.pt``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import sys
 from pathlib import Path
 
 from data_prep.constants import REPO_ROOT, default_work_dir
-from data_prep.exports import find_yolo_export
-from gating.yolo_train import parse_overrides, train_detector
+from gating.yolo_train import parse_overrides, train_detector, train_detector_folds
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=None, help="WORK folder (default $GITRACT_WORK or ./work)")
-    p.add_argument("--fold", default="0", help="fold K of the export, or 'all' (default 0)")
+    p.add_argument("--fold", default="0", help="fold K, or 'all' (every fold in turn); its export is made first")
+    p.add_argument("--step", type=int, default=1, help="export every N-th slice of a case-day (default 1)")
     p.add_argument("--data", type=Path, default=None, help="data.yaml to use instead of WORK's export")
     p.add_argument("--model", default="yolov8n.yaml", help="model YAML (never a .pt name)")
     p.add_argument("--weights", type=Path, default=None, help="local pretrained .pt (optional)")
@@ -41,12 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
-        overrides = parse_overrides(args.overrides)
-        data = args.data or find_yolo_export(args.work or default_work_dir(), args.fold)
-        work_dir = args.work_dir or REPO_ROOT / "work_dirs" / f"yolo_{Path(args.model).stem}" / f"fold_{args.fold}"
-        best = train_detector(
-            data,
-            work_dir,
+        train_args = dict(
             model=args.model,
             weights=args.weights,
             imgsz=args.imgsz,
@@ -58,12 +54,19 @@ def main(argv: list[str] | None = None) -> int:
             amp=not args.no_amp,
             resume=args.resume,
             overwrite=args.overwrite,
-            overrides=overrides,
+            overrides=parse_overrides(args.overrides),
         )
-    except (FileNotFoundError, ValueError) as e:
+        if args.data is not None:
+            work_dir = args.work_dir or REPO_ROOT / "work_dirs" / f"yolo_{Path(args.model).stem}" / "data"
+            best = [train_detector(args.data, work_dir, **train_args)]
+        else:
+            work = args.work or default_work_dir()
+            best = train_detector_folds(work, args.fold, args.work_dir, step=args.step, **train_args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         logging.getLogger("train_yolo").error("%s", e)
         return 2
-    logging.getLogger("train_yolo").info("best weights: %s", best)
+    for b in best:
+        logging.getLogger("train_yolo").info("best weights: %s", b)
     return 0
 
 
