@@ -3,7 +3,8 @@
 Seconds per case-day of ``Segmenter3D.predict_volume`` (preprocessing, sliding window with Gaussian blending,
 TTA, resampling back to the original size) on two real case-day shapes: 144 x 266 x 266 and 80 x 310 x 360
 (D x H x W), with randomly initialised weights (speed does not depend on them). Optionally seconds per training
-iteration (batch of the config, last-stage patch, AMP on CUDA) on random tensors.
+iteration of the config's model (``train_step`` with the config's optimizer wrapper: AdamW, gradient clipping,
+AMP on CUDA; batch of the config, last-stage patch of ``PatchStageHook``) on random tensors.
 
 Prints a table and writes ``benchmarks/results/bench_3d_{device}.json``.
 
@@ -23,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segmenters.monai.inference import Segmenter3D, tta_variants
-from segmenters.monai.train import parse_stages
-from segmenters.monai.volumes import build_loss, build_model, cfg_get, target_hw
+from segmenters.monai.hooks import parse_stages
+from segmenters.monai.inference import Segmenter3D
+from segmenters.monai.volumes import target_hw, tta_variants
+from training.config import build_model, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +56,7 @@ def bench_infer(seg: Segmenter3D, tta: tuple[str, ...], repeats: int) -> list[di
     rows = []
     for d, h, w in SHAPES:
         vol = rng.integers(0, 4000, size=(d, h, w), dtype=np.uint16)
-        hw = target_hw((h, w), dict(cfg_get(seg.cfg["data"], "resample", {})))
+        hw = target_hw((h, w), seg.resample)
         seg.predict_volume(vol[: min(d, 16)], tta=())  # warm-up (cudnn, allocator)
         times = []
         for _ in range(repeats):
@@ -77,26 +79,24 @@ def bench_infer(seg: Segmenter3D, tta: tuple[str, ...], repeats: int) -> list[di
     return rows
 
 
-def bench_train(cfg: dict, device: torch.device, iters: int, amp: bool) -> dict:
-    roi = parse_stages(cfg)[-1][0]
-    bs = int(cfg["train"]["batch_size"]) * int(cfg.get("augment", {}).get("num_samples", 1))
-    model = build_model(cfg["model"]).to(device).train()
-    loss_fn = build_loss(cfg.get("loss"))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    x = torch.randn(bs, 1, *roi, device=device)
-    y = (torch.rand(bs, 3, *roi, device=device) > 0.9).float()
+def bench_train(cfg, device: torch.device, iters: int, amp: bool) -> dict:
+    """Seconds per ``train_step`` of the config's model on random patches of the last stage."""
+    from mmengine.optim import build_optim_wrapper
+
+    stages = next(h["stages"] for h in cfg.custom_hooks if h["type"] == "PatchStageHook")
+    roi = parse_stages(stages)[-1][1]
+    ds = cfg.train_dataloader.dataset
+    bs = int(cfg.train_dataloader.batch_size) * int(ds.get("num_samples", 1))
+    model = build_model(cfg).to(device).train()
+    optim_cfg = cfg.optim_wrapper.copy()
+    optim_cfg.type = "AmpOptimWrapper" if amp else "OptimWrapper"
+    optim_wrapper = build_optim_wrapper(model, optim_cfg)
+    data = {"inputs": torch.randn(bs, 1, *roi), "data_samples": {"labels": (torch.rand(bs, 3, *roi) > 0.9).byte()}}
     times = []
     for i in range(iters + 2):
         _sync(device)
         t = time.perf_counter()
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        model.train_step(data, optim_wrapper)
         _sync(device)
         if i >= 2:
             times.append(time.perf_counter() - t)
@@ -111,13 +111,11 @@ def bench_train(cfg: dict, device: torch.device, iters: int, amp: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmengine import Config
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tta", nargs="*", default=[], help="TTA names (default none; 'flip' = 3 passes)")
-    p.add_argument("--overlap", type=float, default=None, help="override infer.overlap (default: the config's)")
+    p.add_argument("--overlap", type=float, default=None, help="model.test_cfg.overlap (default: the config's)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--train-iters", type=int, default=0, help="also time N training iterations")
@@ -132,11 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             p.error("--device cuda but CUDA is not available")
         torch.backends.cudnn.benchmark = True
-    cfg = Config.fromfile(str(a.config)).to_dict()
-    if a.overlap is not None:
-        cfg["infer"]["overlap"] = a.overlap
+    cfg = load_config(a.config, {"model.test_cfg.overlap": a.overlap} if a.overlap is not None else None)
     torch.manual_seed(0)
-    seg = Segmenter3D(build_model(cfg["model"]), cfg, device)
+    seg = Segmenter3D(build_model(cfg), cfg, device)
     tta = tuple(a.tta)
     rows = bench_infer(seg, tta, a.repeats)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"

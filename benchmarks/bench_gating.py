@@ -2,8 +2,10 @@
 
 Inference on random uint16 volumes of a real size (266x266, 144 slices by default) through the public APIs
 (``SliceClassifier.predict_volume``, ``Detector.predict_boxes``), after a warm-up, plus classifier training
-steps (forward + backward + AdamW, batch ``--train-batch``). Models are built untrained (``pretrained=False``;
-a detector from ``yolov8n.yaml``): speed does not depend on the weights. Nothing is downloaded.
+steps (mmengine's ``train_step``: preprocessing, forward, BCE loss, backward, gradient clipping and AdamW, batch
+``--train-batch``; AMP on CUDA). Each classifier is the EfficientNet-B0 config with another timm model, input size
+and channel count, built untrained (``training.config.build_model``) and saved as the trainer saves it; a detector
+from ``yolov8n.yaml``: speed does not depend on the weights. Nothing is downloaded.
 
     python benchmarks/bench_gating.py                       # CPU, small settings
     python benchmarks/bench_gating.py --device cuda --models efficientnet_b0 convnext_tiny --img 256 --depth 144
@@ -26,10 +28,12 @@ import numpy as np
 import torch
 
 from common.engine import atomic_torch_save
-from gating.classifier import SliceClassifier, build_classifier
+from gating.classifier import SliceClassifier
 from gating.crop import Detector, yolo_offline_env
+from training.config import build_model
 
 REPO = Path(__file__).resolve().parents[1]
+CLS_CONFIG = REPO / "mmcfg/gating/cls_efficientnet-b0_1xb32-8k_uwmgi-256x256.py"
 
 
 def _sync(device: str) -> None:
@@ -41,19 +45,24 @@ def _volume(depth: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 3000, size=(depth, h, w)).astype(np.uint16)
 
 
+def classifier_config(name: str, args: argparse.Namespace, tmp: Path) -> Path:
+    """A config file: the EfficientNet-B0 classifier config with timm model ``name``, ``--img`` and ``--channels``."""
+    path = tmp / f"cls_{name}.py"
+    path.write_text(
+        f"_base_ = [{str(CLS_CONFIG)!r}]\nmodel = dict(model_name={name!r})\n"
+        f"img_size = ({args.img}, {args.img})\nstack = dict(channels={args.channels})\n"
+    )
+    return path
+
+
 def bench_classifier(name: str, args: argparse.Namespace, tmp: Path) -> dict:
-    model = build_classifier(name, in_chans=args.channels)
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+    from mmengine.structures import BaseDataElement
+
+    config = classifier_config(name, args, tmp)
     ckpt = tmp / f"{name}.pth"
-    meta = {
-        "model": name,
-        "model_kwargs": {},
-        "channels": args.channels,
-        "stride": 2,
-        "img_size": [args.img, args.img],
-        "classes": ["large_bowel", "small_bowel", "stomach"],
-    }
-    atomic_torch_save({"state_dict": model.state_dict(), "meta": meta}, ckpt)
-    clf = SliceClassifier.load(ckpt, args.device)
+    atomic_torch_save({"state_dict": build_model(config).state_dict()}, ckpt)
+    clf = SliceClassifier.load(ckpt, args.device, config=config)
     vol = _volume(args.depth, args.height, args.width)
     clf.predict_volume(vol[: min(len(vol), args.batch)], args.batch)  # warm-up
     _sync(args.device)
@@ -63,28 +72,23 @@ def bench_classifier(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     _sync(args.device)
     infer = args.repeats * len(vol) / (time.perf_counter() - t)
 
-    # training steps
-    model = build_classifier(name, in_chans=args.channels).to(args.device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    use_amp = args.device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    x = torch.rand(args.train_batch, args.channels, args.img, args.img, device=args.device)
-    y = (torch.rand(args.train_batch, 3, device=args.device) > 0.5).float()
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    def step() -> None:
-        with torch.autocast("cuda", enabled=use_amp):
-            loss = loss_fn(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
-    step()
+    # training steps, as the Runner runs them (the config's clip_grad, AMP on CUDA)
+    model = build_model(config).to(args.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    wrapper_type = AmpOptimWrapper if args.device.startswith("cuda") else OptimWrapper
+    wrapper = wrapper_type(optimizer=optimizer, clip_grad=dict(max_norm=5.0))
+    gen = torch.Generator().manual_seed(0)
+    data = dict(
+        inputs=[torch.rand(args.channels, args.img, args.img, generator=gen) for _ in range(args.train_batch)],
+        data_samples=[
+            BaseDataElement(gt_label=(torch.rand(3, generator=gen) > 0.5).float()) for _ in range(args.train_batch)
+        ],
+    )
+    model.train_step(data, wrapper)
     _sync(args.device)
     t = time.perf_counter()
     for _ in range(args.train_steps):
-        step()
+        model.train_step(data, wrapper)
     _sync(args.device)
     train = args.train_steps * args.train_batch / (time.perf_counter() - t)
     return {"model": name, "infer_slices_per_s": infer, "train_slices_per_s": train}

@@ -41,37 +41,17 @@ CONFIGS = {
 
 
 def make_checkpoints(out: Path, detector: bool) -> dict[str, Path]:
-    """Save untrained tiny models as the trainers do (state dict; the classifier's meta); returns kind -> path."""
+    """Save untrained tiny models as the trainers do (a state dict); returns kind -> path."""
     import torch
-
-    from data_prep.constants import CLASSES
 
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    import segmenters.mm  # noqa: F401  (registers the project's mmseg modules)
-    from gating.classifier import build_classifier
-    from segmenters.monai.inference import _load_config
-    from segmenters.monai.volumes import build_model, cfg_get
-    from training.config import load_config, strip_pretrained
+    from training.config import build_model
 
     paths = {}
-    cfg = load_config(str(REPO / CONFIGS["2.5d"]))
-    init_default_scope("mmseg")
-    strip_pretrained(cfg.model)
-    paths["2.5d"] = out / "seg.pth"
-    torch.save({"state_dict": MODELS.build(cfg.model).state_dict()}, paths["2.5d"])
-    c3 = _load_config(REPO / CONFIGS["3d"])
-    paths["3d"] = out / "seg3d.pth"
-    torch.save({"state_dict": build_model(cfg_get(c3, "model")).state_dict()}, paths["3d"])
-    meta = {"model": "resnet10t", "model_kwargs": {}, "channels": 3, "stride": 2, "img_size": [64, 64],
-            "classes": list(CLASSES)}  # fmt: skip
-    paths["classifier"] = out / "cls.pth"
-    torch.save(
-        {"state_dict": build_classifier("resnet10t", in_chans=3).state_dict(), "meta": meta}, paths["classifier"]
-    )
+    for kind in ("2.5d", "3d", "classifier"):  # any kind is built from its config, as tools/train.py builds it
+        paths[kind] = out / f"{kind}.pth"
+        torch.save({"state_dict": build_model(REPO / CONFIGS[kind]).state_dict()}, paths[kind])
     if detector:
         from gating.crop import yolo_offline_env
 

@@ -1,20 +1,21 @@
-"""The slice classifier: a timm model with 3 presence logits on 2.5D stacks, its data and its inference.
+"""The slice classifier: a timm model with 3 presence logits on 2.5D stacks, its inputs, files and inference.
 
 Input of slice ``z``: the channels ``data_prep.volumes.stack_indices(z, D, stride, channels)`` of the uint16
 volume, divided by the stack's own maximum (the 1st place's normalisation), resized to ``img_size``
 (bilinear). Output: 3 logits, one per class of ``CLASSES``; presence probability = sigmoid.
 
-- :func:`build_classifier`: any timm model name, ``pretrained=False`` always; optional pretrained weights from
-  a local file (timm adapts the first conv to ``in_chans`` and drops a head of another size).
-- :class:`SliceStackDataset`: slices of a WORK folder (labels from ``exports/classifier.csv``).
-- :class:`SliceClassifier`: ``load(checkpoint, device)`` + ``predict_volume(volume, batch_size)``.
+- :func:`build_classifier`: any timm model name, never downloaded; optional pretrained weights from a local file
+  (timm adapts the first conv to ``in_chans`` and drops a head of another size).
+- :func:`stack_image` / :func:`preprocess_volume`: the input of one slice / of a whole volume (fast inference).
+- :class:`SliceClassifier`: ``load(checkpoint, device, config=None)`` + ``predict_volume(volume, batch_size)``.
 - :func:`write_cls_probs` / :func:`read_cls_probs`: ``cls_probs.csv`` of docs/contracts.md, ids checked.
 - :func:`predict_work`: probabilities for every slice of a WORK folder (test or out-of-fold).
+
+Training: the mmengine modules of :mod:`gating.mm` (``mmcfg/gating/`` configs, ``tools/train.py``).
 """
 
 from __future__ import annotations
 
-import difflib
 import io
 import logging
 import os
@@ -27,22 +28,25 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from mmengine.config import Config
 
 from common.engine import load_weights
 from common.io import atomic_write_bytes
 from data_prep.constants import CLASSES, NUM_CLASSES
-from data_prep.exports import read_classifier_table
 from data_prep.volumes import stack_indices
-from data_prep.work import exports_dir, load_volume, read_manifest
+from data_prep.work import load_volume, read_manifest
+from training.checks import check_timm_name, load_checked_weights
+from training.config import build_model, load_config
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "SliceClassifier",
-    "SliceStackDataset",
     "build_classifier",
     "check_ids",
+    "input_definition",
+    "run_meta",
+    "stored_meta",
     "predict_work",
     "preprocess_volume",
     "read_cls_probs",
@@ -72,7 +76,8 @@ def build_classifier(
         **kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ...).
 
     Raises:
-        ValueError: unknown model name (close timm names are listed).
+        ValueError: unknown model name (close timm names are listed), or a ``pretrained`` file that cannot be read
+            with ``weights_only=True`` (named).
         FileNotFoundError: ``pretrained`` does not exist.
 
     >>> m = build_classifier("resnet10t", in_chans=5)
@@ -81,13 +86,8 @@ def build_classifier(
     """
     import timm
 
-    if not timm.is_model(name):
-        names = timm.list_models()
-        same_start = [n for n in names if n[:3] == name[:3]]  # keeps the fuzzy match quick
-        close = difflib.get_close_matches(name, same_start or names, n=5, cutoff=0.5)
-        hint = f"; close names: {', '.join(close)}" if close else "; see timm.list_models('*pattern*')"
-        raise ValueError(f"unknown timm model {name!r}{hint}")
-    if pretrained is None:
+    check_timm_name(name)
+    if not pretrained:
         return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)
     path = Path(pretrained)
     if not path.is_file():
@@ -95,13 +95,16 @@ def build_classifier(
             f"pretrained weights not found: {path}. Weights are read from local files only (nothing is "
             "downloaded): put the timm checkpoint there, or set model.pretrained=None to start from scratch."
         )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))  # tensors only by design: no code can run
+    else:
+        state = load_weights(path)  # weights_only=True; a file that would run code is refused, naming it
+    # a state dict overlay: timm adapts the first conv to in_chans and drops a head of another size
+    overlay = dict(state_dict=state, source="", file=None, url=None, hf_hub_id=None)
     return timm.create_model(
-        name,
-        pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(path.resolve())),
-        in_chans=in_chans,
-        num_classes=num_classes,
-        **kwargs,
+        name, pretrained=True, pretrained_cfg_overlay=overlay, in_chans=in_chans, num_classes=num_classes, **kwargs
     )
 
 
@@ -158,100 +161,69 @@ def preprocess_volume(
     return f, stack_max.astype(np.float32)
 
 
-def _augment(x: np.ndarray, rng: np.random.Generator, aug: dict[str, Any]) -> np.ndarray:
-    """Light augmentation of a ``(C, h, w)`` float image: hflip, affine, brightness/contrast."""
-    c, h, w = x.shape
-    if rng.random() < aug.get("hflip", 0.0):
-        x = x[:, :, ::-1]
-    if rng.random() < aug.get("affine", 0.0):
-        lo, hi = aug.get("scale", (0.9, 1.1))
-        scale = rng.uniform(lo, hi)
-        angle = rng.uniform(-aug.get("rotate", 0.0), aug.get("rotate", 0.0))
-        shift = aug.get("shift", 0.0)
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
-        m[:, 2] += rng.uniform(-shift, shift, size=2) * (w, h)
-        x = cv2.warpAffine(
-            np.ascontiguousarray(x.transpose(1, 2, 0)), m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0
-        ).reshape(h, w, c)
-        x = x.transpose(2, 0, 1)
-    b = aug.get("brightness", 0.0)
-    if b > 0 and rng.random() < 0.5:
-        x = x * rng.uniform(1 - b, 1 + b) + rng.uniform(-b, b) * 0.1
-    return np.ascontiguousarray(x, dtype=np.float32)
+# --------------------------------------------------------------------------------------------------- inference
 
 
-class SliceStackDataset(Dataset):
-    """Slices of a WORK folder as classifier inputs.
+#: Key of the plain-data model and input definition in a classifier checkpoint's ``meta`` (see :func:`run_meta`).
+META_KEY = "slice_classifier"
 
-    Items are ``(image float32 (channels, h, w), target float32 (3,), index int)``. An item key is an int, or
-    ``(int, seed)`` to draw the augmentation from ``seed`` (resumable, identical on any number of workers).
 
-    Args:
-        work: WORK folder (``volumes/`` and ``exports/classifier.csv`` or ``manifest.csv``).
-        ids: slice ids to use (in this order).
-        channels, stride, img_size: input definition.
-        aug: augmentation settings (None: none), see the classifier configs.
-        table: a frame with ``id, case_day, z`` (+ class columns for targets); default
-            ``exports/classifier.csv``, or ``manifest.csv`` when it is absent (targets are then zeros).
+def run_meta(cfg: Any) -> dict[str, Any]:
+    """The model and input definition of a classifier config as plain data, for ``checkpoint["meta"][META_KEY]``
+    (written by ``gating.mm.ClsInputMetaHook``): ``{"model": model config dict, "channels", "stride", "img_size",
+    "classes"}``. A config is Python, and one stored in a checkpoint is never executed: this is what
+    :meth:`SliceClassifier.load` rebuilds the model from when no config is given."""
+    channels, stride, img_size = input_definition(cfg, str(cfg.get("filename") or "the run's config"))
+    model = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
+    model["pretrained"] = None  # the weights come from the checkpoint
+    return {
+        "model": model,
+        "channels": channels,
+        "stride": stride,
+        "img_size": list(img_size),
+        "classes": list(CLASSES),
+    }
+
+
+def stored_meta(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The :func:`run_meta` stored in a classifier checkpoint (read with ``weights_only=True``), or None.
 
     Raises:
-        ValueError: ids missing from the table (a few are named).
+        FileNotFoundError: no such file. ValueError: not readable with ``weights_only=True`` (the file is named).
     """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(
+            f"cannot load {path} with weights_only=True ({type(e).__name__}: {e}); only trusted files may be "
+            "unpickled, and model weights never need it"
+        ) from e
+    meta = raw.get("meta") if isinstance(raw, dict) else None
+    stored = meta.get(META_KEY) if isinstance(meta, dict) else None
+    return stored if isinstance(stored, dict) and "model" in stored else None
 
-    def __init__(
-        self,
-        work: str | os.PathLike,
-        ids: Sequence[str],
-        channels: int = 3,
-        stride: int = 2,
-        img_size: tuple[int, int] = (256, 256),
-        aug: dict[str, Any] | None = None,
-        table: pd.DataFrame | None = None,
-    ) -> None:
-        self.work = Path(work)
-        if table is None:
-            table = read_slice_table(self.work)
-        table = table.set_index("id")
-        missing = [i for i in ids if i not in table.index]
-        if missing:
-            raise ValueError(f"{len(missing)} ids are not in the slice table of {self.work}, e.g. {missing[:5]}")
-        rows = table.loc[list(ids)]
-        self.ids = list(ids)
-        self.case_days = rows["case_day"].astype(str).tolist()
-        self.z = rows["z"].astype(int).to_numpy()
-        has_labels = all(c in rows.columns for c in CLASSES)
-        self.targets = (
-            rows[list(CLASSES)].to_numpy(np.float32) if has_labels else np.zeros((len(rows), NUM_CLASSES), np.float32)
+
+def input_definition(cfg: Any, source: str) -> tuple[int, int, tuple[int, int]]:
+    """``(channels, stride, img_size)`` of a slice classifier config (its test, else val, else train dataset).
+
+    Raises:
+        ValueError: not a slice classifier config, or no dataset with these keys (``source`` names it).
+    """
+    model_type = (cfg.get("model") or {}).get("type")
+    if model_type != "SliceClassifierModel":
+        raise ValueError(
+            f"{source} is not a slice classifier config (model.type is {model_type!r}, expected "
+            "'SliceClassifierModel'): pass an mmcfg/gating/ config"
         )
-        self.channels, self.stride, self.img_size = channels, stride, tuple(img_size)
-        self.aug = aug
-        self._volumes: dict[str, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def _volume(self, case_day: str) -> np.ndarray:
-        if case_day not in self._volumes:
-            self._volumes[case_day] = load_volume(self.work, case_day)
-        return self._volumes[case_day]
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        i, seed = key if isinstance(key, tuple) else (key, None)
-        x = stack_image(self._volume(self.case_days[i]), int(self.z[i]), self.channels, self.stride, self.img_size)
-        if self.aug:
-            x = _augment(x, np.random.default_rng(seed if seed is not None else None), self.aug)
-        return torch.from_numpy(x), torch.from_numpy(self.targets[i]), i
-
-
-def read_slice_table(work: str | os.PathLike) -> pd.DataFrame:
-    """The classifier export of WORK (``id, case_day, z`` and presence labels), else the manifest's ``id, case_day,
-    z`` (no labels) when the WORK has no export (a prepared test tree)."""
-    if (exports_dir(work) / "classifier.csv").is_file():
-        return read_classifier_table(work)
-    return read_manifest(work)[["id", "case_day", "z"]]
-
-
-# --------------------------------------------------------------------------------------------------- inference
+    for key in ("test_dataloader", "val_dataloader", "train_dataloader"):
+        loader = cfg.get(key)
+        ds = loader.get("dataset") if loader else None
+        if ds and all(k in ds for k in ("channels", "stride", "img_size")):
+            return int(ds["channels"]), int(ds["stride"]), (int(ds["img_size"][0]), int(ds["img_size"][1]))
+    raise ValueError(f"{source} has no dataset with channels, stride and img_size (test_dataloader.dataset)")
 
 
 @dataclass
@@ -259,10 +231,11 @@ class SliceClassifier:
     """A trained slice classifier ready for inference.
 
     Attributes:
-        model: the timm model (eval mode, on ``device``).
+        model: the ``gating.mm.SliceClassifierModel`` (eval mode, on ``device``); ``model(x)`` gives logits
+            float ``(N, 3)`` of inputs float32 ``(N, channels, h, w)``.
         device: torch device.
         channels, stride, img_size: the input definition it was trained with.
-        meta: the checkpoint's ``meta`` dict.
+        config: the ``mmengine.Config`` its model was built from (only ``model`` when loaded without a config).
     """
 
     model: torch.nn.Module
@@ -270,31 +243,72 @@ class SliceClassifier:
     channels: int
     stride: int
     img_size: tuple[int, int]
-    meta: dict[str, Any]
+    config: Any
 
     @classmethod
     def load(
-        cls, checkpoint: str | os.PathLike, device: str | torch.device = "cpu", config: str | os.PathLike | None = None
+        cls,
+        checkpoint: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        config: str | os.PathLike | Any | None = None,
     ) -> SliceClassifier:
-        """Load ``best.pth``/``last.pth`` of ``tools/train_cls.py`` with ``weights_only=True``.
+        """Load a checkpoint of ``tools/train.py`` (e.g. ``best.pth``) with ``weights_only=True``.
+
+        The model is built from ``config`` (or, without it, from the plain-data definition the checkpoint stores,
+        :func:`run_meta`; a config stored in a checkpoint is never executed) and the weights are checked against
+        it. The input definition (``channels, stride, img_size``) is the one the checkpoint was trained with when it
+        stores it (``--cfg-options img_size=...`` at training time; a given config that says otherwise is logged as a
+        warning), else the given config's.
+
+        Args:
+            checkpoint: an mmengine checkpoint (``state_dict``; a bare state dict works with ``config``).
+            device: torch device.
+            config: the ``mmcfg/gating/`` config it was trained with (a path or an ``mmengine.Config``); None builds
+                from the definition stored in the checkpoint (``meta["slice_classifier"]``).
 
         Raises:
-            FileNotFoundError: missing file.
-            ValueError: not a classifier checkpoint of this project (no ``meta``).
+            FileNotFoundError: missing checkpoint or config.
+            ValueError: unreadable with ``weights_only=True``, no stored config (and none given), not a classifier
+                config, or weights of another config (``training.checks.CheckpointMismatchError``).
         """
-        state = load_weights(checkpoint)
-        raw = torch.load(Path(checkpoint), map_location="cpu", weights_only=True, mmap=True)
-        meta = raw.get("meta") if isinstance(raw, dict) else None
-        if not isinstance(meta, dict) or "model" not in meta:
-            raise ValueError(
-                f"{checkpoint} has no classifier 'meta' (model name, channels, ...): it was not written by "
-                "tools/train_cls.py"
-            )
-        model = build_classifier(meta["model"], in_chans=int(meta["channels"]), **meta.get("model_kwargs", {}))
-        model.load_state_dict(state)
+        import gating.mm  # noqa: F401  (registers SliceClassifierModel; the config's custom_imports does it too)
+
+        stored = stored_meta(checkpoint)
+        if config is None:
+            if stored is None:
+                raise ValueError(
+                    f"{checkpoint} holds no classifier definition (meta['{META_KEY}'], written by tools/train.py): "
+                    "pass the config it was trained with (SliceClassifier.load(checkpoint, device, config=...), "
+                    "tools/predict_cls.py --config)"
+                )
+            source = f"the definition stored in {checkpoint}"
+            if stored["model"].get("type") != "SliceClassifierModel":
+                raise ValueError(
+                    f"{checkpoint}: the stored model type {stored['model'].get('type')!r} is not a slice classifier"
+                )
+            cfg = Config({"model": stored["model"]})
+            channels, stride = int(stored["channels"]), int(stored["stride"])
+            img_size = (int(stored["img_size"][0]), int(stored["img_size"][1]))
+        else:
+            if hasattr(config, "model"):
+                cfg, source = config, str(config.filename or "the given config")
+            else:
+                cfg, source = load_config(config), str(config)
+            channels, stride, img_size = input_definition(cfg, source)
+            trained = (int(stored["channels"]), int(stored["stride"]), tuple(stored["img_size"])) if stored else None
+            if trained is not None and trained != (channels, stride, img_size):
+                logger.warning(
+                    "%s was trained with channels, stride, img_size = %s but %s says %s: using the trained ones",
+                    checkpoint,
+                    trained,
+                    source,
+                    (channels, stride, img_size),
+                )
+                channels, stride, img_size = trained
+        model = load_checked_weights(build_model(cfg), checkpoint, source)
         dev = torch.device(device)
         model.to(dev).eval()
-        return cls(model, dev, int(meta["channels"]), int(meta["stride"]), tuple(meta["img_size"]), meta)
+        return cls(model, dev, channels, stride, img_size, cfg)
 
     @torch.no_grad()
     def predict_volume(self, volume: np.ndarray, batch_size: int = 32) -> np.ndarray:

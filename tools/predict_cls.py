@@ -1,9 +1,11 @@
 """Slice presence probabilities of a trained classifier for every slice of a WORK folder (e.g. the test tree).
 
-    python tools/predict_cls.py work_dirs/cls_.../fold_0/best.pth --work WORK_TEST --out preds/cls_fold0/cls_probs.csv
+    python tools/predict_cls.py work_dirs/cls_.../fold_0/best.pth --work WORK_TEST --out preds/cls_fold0/cls_probs.csv \
+        [--config mmcfg/gating/cls_....py]
 
-Writes ``cls_probs.csv`` (``id, large_bowel, small_bowel, stomach``, docs/contracts.md) atomically; an existing
-file is kept unless ``--overwrite``.
+The model is rebuilt from the definition stored in the checkpoint (``meta["slice_classifier"]``, plain data written
+by ``tools/train.py``), or from ``--config`` (needed for a checkpoint without one). Writes ``cls_probs.csv`` (``id,
+large_bowel, small_bowel, stomach``, docs/contracts.md) atomically; an existing file is kept unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from data_prep.constants import default_work_dir
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="best.pth / last.pth written by tools/train_cls.py")
+    p.add_argument("checkpoint", type=Path, help="best.pth / iter_N.pth written by tools/train.py")
+    p.add_argument("--config", type=Path, default=None, help="its mmcfg/gating/ config (default: the checkpoint's)")
     p.add_argument("--work", type=Path, default=None, help="WORK folder (default $GITRACT_WORK or ./work)")
     p.add_argument("--out", type=Path, required=True, help="cls_probs.csv to write")
     p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        clf = SliceClassifier.load(args.checkpoint, device)
+        clf = SliceClassifier.load(args.checkpoint, device, config=args.config)
         df = predict_work(clf, args.work or default_work_dir(), args.out, args.batch_size, progress=True)
     except (FileNotFoundError, ValueError) as e:
         log.error("%s", e)

@@ -38,9 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
 
-    from training.checks import CheckpointMismatchError
     from training.config import parse_cfg_options
-    from training.train import plan_runs, select_device, train_one
+    from training.train import SetupError, plan_runs, select_device, train_one
 
     try:  # every check runs before the first fold trains
         select_device(args.device)
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in cfgs:
         try:
             print(train_one(cfg))
-        except CheckpointMismatchError as e:  # raised when loading, before the first iteration
+        except SetupError as e:  # bad data, config or checkpoint found before the first iteration
             print(f"error: {e}", file=sys.stderr)
             return 2
     return 0

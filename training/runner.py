@@ -9,6 +9,8 @@ configs name it with ``runner_type = "GIRunner"`` (``mmcfg/_base_/default_runtim
   config; ``--resume`` falls back to the newest readable checkpoint of the work dir (and unpickles fully only
   stock mmengine checkpoints of your own run); the best checkpoint gets the stable name ``best.pth``.
 - ``GIDistributedDataParallel``: DDP that also runs on CPU over gloo (``device_ids=None`` without CUDA).
+- ``GIDataPreProcessor``: stacks a batch of same-size 2D inputs on the model's device (the 2.5D segmenters and the
+  slice classifier; inputs are already scaled, so no mean / std).
 
 Registered in mmengine's root registries, so they resolve from any default scope (``mmseg`` or ``mmengine``).
 """
@@ -25,8 +27,8 @@ from unittest import mock
 import mmengine.runner.runner as mm_runner_module
 import numpy as np
 import torch
-from mmengine.model import MMDistributedDataParallel, is_model_wrapper
-from mmengine.registry import MODEL_WRAPPERS, RUNNERS
+from mmengine.model import BaseDataPreprocessor, MMDistributedDataParallel, is_model_wrapper
+from mmengine.registry import MODEL_WRAPPERS, MODELS, RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmengine.runner.checkpoint import save_checkpoint as _mm_save_checkpoint
@@ -140,6 +142,11 @@ class GIRunner(Runner):
 
     _trusted_load = False
 
+    def iterations_done(self) -> int:
+        """Training iterations run (or resumed) so far; 0 before the training loop is built."""
+        loop = self._train_loop
+        return 0 if loop is None or isinstance(loop, dict) else int(loop.iter)
+
     def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
         with mock.patch.object(mm_runner_module, "save_checkpoint", atomic_save_checkpoint):
             super().save_checkpoint(out_dir, filename, *args, **kwargs)
@@ -203,3 +210,38 @@ class GIDistributedDataParallel(MMDistributedDataParallel):
             device_ids = None
         kwargs.setdefault("broadcast_buffers", False)
         super().__init__(module=module, device_ids=device_ids, **kwargs)
+
+
+@MODELS.register_module()
+class GIDataPreProcessor(BaseDataPreprocessor):
+    """Stack a batch of float ``(C, H, W)`` inputs to float32 ``(N, C, H, W)`` on the model's device; data samples
+    that take metainfo get ``batch_input_shape = (H, W)`` (mmseg's heads read it).
+
+    Args:
+        channels_last: return inputs in ``torch.channels_last`` memory format (faster convs with AMP on GPU).
+        non_blocking: asynchronous host-to-device copies.
+    """
+
+    def __init__(self, channels_last: bool = False, non_blocking: bool = True) -> None:
+        super().__init__(non_blocking=non_blocking)
+        self.channels_last = channels_last
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        data = self.cast_data(data)
+        inputs = data["inputs"]
+        if isinstance(inputs, (list, tuple)):
+            shapes = {tuple(t.shape) for t in inputs}
+            if len(shapes) != 1:
+                raise ValueError(
+                    f"all inputs of a batch must have one shape (resize them: GIResize, the dataset's img_size), got "
+                    f"{sorted(shapes)}"
+                )
+            inputs = torch.stack(list(inputs))
+        inputs = inputs.float()
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        samples = data.get("data_samples")
+        for s in samples or ():
+            if hasattr(s, "set_metainfo"):
+                s.set_metainfo(dict(batch_input_shape=tuple(inputs.shape[2:])))
+        return dict(inputs=inputs, data_samples=samples)

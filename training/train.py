@@ -101,7 +101,40 @@ def build_train_cfg(
     if amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    _fit_schedule(cfg)
+    if cfg.optim_wrapper.get("type") == "AmpOptimWrapper" and not _cuda():
+        logger.warning("%s: mixed precision needs CUDA; training in float32 (OptimWrapper)", config_name(config))
+        cfg.optim_wrapper.type = "OptimWrapper"
+        for key in ("loss_scale", "dtype"):
+            cfg.optim_wrapper.pop(key, None)
     return cfg
+
+
+def _fit_schedule(cfg: Any) -> None:
+    """Keep a shortened run valid (``--cfg-options train_cfg.max_iters=N``): a parameter scheduler that would only
+    begin at or after the last iteration is dropped (mmengine refuses one whose default end, ``max_iters``, comes
+    before its begin), so the ones that do run keep their shape."""
+    max_iters = int(cfg.get("train_cfg", {}).get("max_iters", 0) or 0)
+    schedulers = cfg.get("param_scheduler")
+    if not max_iters or not isinstance(schedulers, list):
+        return
+    kept = [s for s in schedulers if s.get("by_epoch", True) is True or int(s.get("begin", 0)) < max_iters]
+    if len(kept) != len(schedulers):
+        logger.info(
+            "%d parameter scheduler(s) begin after iteration %d: not used", len(schedulers) - len(kept), max_iters
+        )
+        cfg.param_scheduler = kept
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class SetupError(ValueError):
+    """A run that failed before its first training iteration (bad data, config or checkpoint): its message says
+    what to fix, and nothing was trained."""
 
 
 def plan_runs(
@@ -143,6 +176,10 @@ def train_one(cfg: Any) -> Path:
 
     With ``cfg.overwrite`` the checkpoints of an earlier run in the work dir are deleted first (logs kept). Writes
     ``done.json`` (iterations, seconds, checkpoints) when the run ends.
+
+    Raises:
+        SetupError: a ``FileNotFoundError`` or ``ValueError`` (missing export, unknown model key, checkpoint of
+            another config, ...) raised before the first iteration; later errors propagate as they are.
     """
     from common.engine import is_main_process, setup_distributed
     from common.io import atomic_write_bytes
@@ -154,8 +191,14 @@ def train_one(cfg: Any) -> Path:
     if cfg.launcher != "none":
         setup_distributed(cfg.launcher)  # gloo on CPU before the Runner (it then skips its own init)
     t0 = time.time()
-    runner = GIRunner.from_cfg(cfg)
-    runner.train()
+    runner = None
+    try:
+        runner = GIRunner.from_cfg(cfg)
+        runner.train()
+    except (FileNotFoundError, ValueError) as e:
+        if runner is not None and runner.iterations_done() > 0:
+            raise
+        raise SetupError(f"{config_name(cfg.filename or 'config')} fold {cfg.fold}: {e}") from e
     if is_main_process():
         last = work_dir / "last_checkpoint"
         summary = dict(

@@ -11,9 +11,11 @@ env_cfg = dict(
 )
 # DDP that also runs on CPU (device_ids=None without CUDA)
 model_wrapper_cfg = dict(type="GIDistributedDataParallel")
-# scalars.json + training curves in the work dir; add dict(type="TensorboardVisBackend") for TensorBoard
+# scalars.json + training curves in the work dir; add dict(type="TensorboardVisBackend") for TensorBoard.
+# No `name`: mmengine names the visualizer after the run, so every run of one process (--fold all) logs into its own
+# folder (a fixed name would hand the first run's visualizer to the next ones).
 vis_backends = [dict(type="LocalVisBackend")]
-visualizer = dict(type="Visualizer", vis_backends=vis_backends, name="visualizer")
+visualizer = dict(type="Visualizer", vis_backends=vis_backends)
 log_processor = dict(by_epoch=False)
 log_level = "INFO"
 load_from = None

@@ -8,7 +8,6 @@ Registered in mmseg's registries (``default_scope='mmseg'``):
   and the 3-channel multi-label mask; ``GICropBox``; ``GIResize``;
 - ``AlbuSeg``: one albumentations pipeline (from the config) applied to image and 3-channel mask together;
 - ``PackGIInputs``: ``(C, H, W)`` float tensor + ``SegDataSample`` whose ``gt_sem_seg`` is ``(3, H, W)`` uint8;
-- ``GIDataPreProcessor``: stacks a batch (no mean/std: stacks are already scaled to ``[0, 1]``).
 """
 
 from __future__ import annotations
@@ -26,9 +25,8 @@ import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
 from mmengine.dataset import BaseDataset
-from mmengine.model import BaseDataPreprocessor
 from mmengine.structures import PixelData
-from mmseg.registry import DATASETS, MODELS, TRANSFORMS
+from mmseg.registry import DATASETS, TRANSFORMS
 from mmseg.structures import SegDataSample
 
 from data_prep.constants import CLASSES, SPLIT_VARIANTS
@@ -276,33 +274,3 @@ class PackGIInputs(BaseTransform):
         meta["ori_shape"] = tuple(img.shape[1:])  # metrics compare at the network size
         sample.set_metainfo(meta)
         return dict(inputs=img, data_samples=sample)
-
-
-@MODELS.register_module()
-class GIDataPreProcessor(BaseDataPreprocessor):
-    """Stack a batch of ``(C, H, W)`` float inputs to ``(N, C, H, W)`` on the model's device.
-
-    Args:
-        channels_last: return inputs in ``torch.channels_last`` memory format (faster convs with AMP on GPU).
-    """
-
-    def __init__(self, channels_last: bool = False, non_blocking: bool = True) -> None:
-        super().__init__(non_blocking=non_blocking)
-        self.channels_last = channels_last
-
-    def forward(self, data: dict, training: bool = False) -> dict:
-        data = self.cast_data(data)
-        inputs = data["inputs"]
-        if isinstance(inputs, (list, tuple)):
-            shapes = {tuple(t.shape) for t in inputs}
-            if len(shapes) != 1:
-                raise ValueError(f"all inputs of a batch must have one shape (add GIResize), got {sorted(shapes)}")
-            inputs = torch.stack(list(inputs))
-        inputs = inputs.float()
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        samples = data.get("data_samples")
-        if samples is not None:
-            for s in samples:
-                s.set_metainfo(dict(batch_input_shape=tuple(inputs.shape[2:])))
-        return dict(inputs=inputs, data_samples=samples)

@@ -1,25 +1,22 @@
-"""3D segmenters with MONAI (SegResNet, DynUNet) on whole case-day volumes: the pieces shared by training
-(:mod:`segmenters.monai.train`) and inference (:mod:`segmenters.monai.inference`).
+"""Pure pieces of the 3D segmenters (MONAI SegResNet, DynUNet): intensity normalisation, in-plane resampling,
+patch-size checks, the network and loss builders, and the case-day reader. The registered training modules
+(:mod:`segmenters.monai.model`, :mod:`segmenters.monai.data`, :mod:`segmenters.monai.metric`,
+:mod:`segmenters.monai.hooks`) and inference (:mod:`segmenters.monai.inference`) are built on them.
 
 Layout conventions:
 
-- a case-day volume on disk is ``uint16 (D, H, W)`` (data_prep's ``WORK/volumes/{case_day}.npy``), its mask a
-  ``uint8 (D, H, W)`` bit field (bit ``c`` = ``CLASSES[c]``);
+- a case-day volume on disk is ``uint16 (D, H, W)`` (data_prep's WORK folder, :func:`data_prep.work.load_volume`),
+  its mask a ``uint8 (D, H, W)`` bit field (bit ``c`` = ``CLASSES[c]``);
 - inside the 3D models a volume is MONAI's channel-first ``(C, H, W, D)`` (a batch ``(B, C, H, W, D)``), so the
-  config's patch sizes read ``H x W x D`` like the config names (``-224x224x80``);
+  configs' patch sizes read ``H x W x D`` like the config names (``-224x224x80``);
 - every volume is resampled **in-plane** to a fixed size (or a fixed pixel spacing) before the model and back to
   each slice's original ``H x W`` afterwards; the depth is never resampled (80- and 144-slice case-days both work:
   patches larger than a volume are padded).
-
-Configs are plain python files read by ``mmengine.Config`` (``mmcfg/monai3d/``); every function here takes the
-loaded config (any mapping).
 """
 
 from __future__ import annotations
 
 import difflib
-import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,21 +30,13 @@ from data_prep.constants import CLASSES, NUM_CLASSES
 from data_prep.volumes import unpack_mask
 from data_prep.work import has_mask, load_mask, load_volume, prepare_hint
 
-logger = logging.getLogger(__name__)
-
 #: Model types this module builds (any other ``monai.networks.nets`` name is accepted too, unchecked).
 MODEL_TYPES: tuple[str, ...] = ("SegResNet", "DynUNet")
 NORM_MODES: tuple[str, ...] = ("percentile", "max", "zscore")
 RESAMPLE_MODES: tuple[str, ...] = ("size", "spacing", "none")
-
-
-def cfg_get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    """``cfg[key]`` for a dict or an mmengine ``Config``, ``default`` when absent."""
-    try:
-        value = cfg[key]
-    except (KeyError, AttributeError):
-        return default
-    return default if value is None and default is not None else value
+#: Intensity normalisation and in-plane resampling of the 1st place's 3D models.
+DEFAULT_NORM: dict[str, Any] = {"mode": "percentile", "percentiles": (0.0, 99.5)}
+DEFAULT_RESAMPLE: dict[str, Any] = {"mode": "size", "size": (256, 256)}
 
 
 def to_dict(obj: Any) -> Any:
@@ -164,21 +153,32 @@ def resize_hw(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> t
 
 def preprocess_image(
     volume: np.ndarray,
-    cfg: Mapping[str, Any],
+    norm: Mapping[str, Any] | None = None,
+    resample: Mapping[str, Any] | None = None,
     spacing: Sequence[float] | None = None,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """A ``(D, H, W)`` scan as the model's input ``float32 (1, h, w, D)``: normalised, resampled in-plane
-    (on ``device`` when given, else on the CPU)."""
+    """A scan as the model's input: normalised, resampled in-plane, channel-first.
+
+    Args:
+        volume: ``(D, H, W)`` scan (uint16 or any real dtype).
+        norm: ``dict(mode="percentile" | "max" | "zscore", percentiles=(lo, hi))`` (default percentile 0-99.5,
+            see :func:`normalize_intensity`).
+        resample: in-plane target (see :func:`target_hw`; default ``dict(mode="size", size=(256, 256))``).
+        spacing: ``(sz, sy, sx)`` or ``(sy, sx)`` mm (only for ``resample.mode == "spacing"``).
+        device: where the resampling runs (default CPU).
+
+    Returns:
+        float32 ``(1, h, w, D)``.
+    """
     if volume.ndim != 3:
         raise ValueError(f"expected a volume (D, H, W), got shape {volume.shape}")
-    data = cfg_get(cfg, "data", {})
-    norm = dict(cfg_get(data, "norm", {}) or {})
+    norm = dict(norm or DEFAULT_NORM)
     v = normalize_intensity(volume, norm.get("mode", "percentile"), norm.get("percentiles", (0.0, 99.5)))
     x = torch.from_numpy(np.ascontiguousarray(v.transpose(1, 2, 0)))[None]  # (1, H, W, D)
     if device is not None:
         x = x.to(device)
-    hw = target_hw(volume.shape[1:], dict(cfg_get(data, "resample", {"mode": "size", "size": (256, 256)})), spacing)
+    hw = target_hw(volume.shape[1:], dict(resample or DEFAULT_RESAMPLE), spacing)
     return resize_hw(x, hw)
 
 
@@ -197,53 +197,61 @@ def preprocess_label(mask: np.ndarray, hw: Sequence[int]) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def downsample_factors(model_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
-    """How much the network shrinks each axis ``(H, W, D)``: patch sizes must be multiples of it."""
-    typ = model_cfg.get("type")
+def downsample_factors(net_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    """How much the network ``net_cfg`` (``model.net``) shrinks each axis ``(H, W, D)``: patch sizes must be
+    multiples of it (1 for network types this module does not know)."""
+    typ = net_cfg.get("type")
     if typ == "SegResNet":
-        f = 2 ** (len(model_cfg.get("blocks_down", (1, 2, 2, 4))) - 1)
+        f = 2 ** (len(net_cfg.get("blocks_down", (1, 2, 2, 4))) - 1)
         return f, f, f
     if typ == "DynUNet":
         out = [1, 1, 1]
-        for s in model_cfg["strides"]:
+        for s in net_cfg["strides"]:
             s3 = (s, s, s) if isinstance(s, int) else tuple(s)
             out = [a * int(b) for a, b in zip(out, s3)]
         return out[0], out[1], out[2]
     return 1, 1, 1
 
 
-def check_roi(roi_size: Sequence[int], model_cfg: Mapping[str, Any], what: str = "roi_size") -> tuple[int, int, int]:
-    """Validate a patch size ``(H, W, D)`` against the model; returns it as a tuple of ints."""
+def check_roi(roi_size: Sequence[int], net_cfg: Mapping[str, Any], what: str = "roi_size") -> tuple[int, int, int]:
+    """Validate a patch size ``(H, W, D)`` against the network ``net_cfg``; returns it as a tuple of ints.
+
+    Raises:
+        ValueError: not 3 positive ints, or not a multiple of the network's downsampling (``what`` names the key).
+    """
     roi = tuple(int(r) for r in roi_size)
     if len(roi) != 3 or min(roi) < 1:
         raise ValueError(f"{what} must be (H, W, D) with positive ints, got {tuple(roi_size)}")
-    fac = downsample_factors(model_cfg)
+    fac = downsample_factors(net_cfg)
     bad = [(r, f) for r, f in zip(roi, fac) if r % f]
     if bad:
         raise ValueError(
-            f"{what} {roi} must be a multiple of {fac} for {model_cfg.get('type')} (its downsampling per axis); "
+            f"{what} {roi} must be a multiple of {fac} for {net_cfg.get('type')} (its downsampling per axis); "
             f"e.g. {tuple(max(f, r // f * f) for r, f in zip(roi, fac))}"
         )
     return roi  # type: ignore[return-value]
 
 
-def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """A MONAI network from ``model = dict(type="SegResNet" | "DynUNet", **kwargs)``.
+def build_net(net_cfg: Mapping[str, Any]) -> nn.Module:
+    """A MONAI network from ``net = dict(type="SegResNet" | "DynUNet", **kwargs)`` (any other
+    ``monai.networks.nets`` name too).
 
     ``out_channels`` must equal ``len(CLASSES)`` (multi-label sigmoid outputs, one channel per class).
     """
     import monai.networks.nets as nets
 
-    kwargs = to_dict(dict(model_cfg))
+    kwargs = to_dict(dict(net_cfg))
     typ = kwargs.pop("type", None)
     if not typ or not hasattr(nets, typ):
         names = [n for n in dir(nets) if n[:1].isupper()]
         close = difflib.get_close_matches(str(typ), names, n=3)
-        raise ValueError(
-            f"unknown model type {typ!r}; expected one of {MODEL_TYPES}" + (f" (close: {close})" if close else "")
-        )
+        hint = f" (close: {close})" if close else ""
+        raise ValueError(f"unknown network type {typ!r} (model.net.type); expected one of {MODEL_TYPES}{hint}")
     if kwargs.get("out_channels", NUM_CLASSES) != NUM_CLASSES:
-        raise ValueError(f"out_channels must be {NUM_CLASSES} (one sigmoid channel per class in {CLASSES})")
+        raise ValueError(
+            f"model.net.out_channels must be {NUM_CLASSES} (one sigmoid channel per class in {CLASSES}), "
+            f"got {kwargs['out_channels']}"
+        )
     kwargs.setdefault("out_channels", NUM_CLASSES)
     kwargs.setdefault("in_channels", 1)
     kwargs.setdefault("spatial_dims", 3)
@@ -309,18 +317,36 @@ def build_loss(loss_cfg: Mapping[str, Any] | None) -> nn.Module:
     raise ValueError(f"loss type must be 'DiceBCELoss' or 'DiceLoss', got {typ!r}")
 
 
-def dice_per_class(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
-    """3D Dice per channel of binary ``(C, ...)`` tensors; ``nan`` where both are empty.
+# ----------------------------------------------------------------------------------------------------------------
+# test-time augmentation
+# ----------------------------------------------------------------------------------------------------------------
 
-    >>> t = torch.zeros(2, 4); t[0, :2] = 1
-    >>> dice_per_class(t, t)[0], math.isnan(dice_per_class(t, t)[1])
-    (1.0, True)
+#: Flip TTA names -> spatial dims of a ``(B, C, H, W, D)`` tensor.
+TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,), "dflip": (4,)}
+
+
+def tta_variants(tta: Sequence[str] | None) -> list[tuple[int, ...]]:
+    """The flips (tensor dims of ``(B, C, H, W, D)``) a TTA list runs, identity ``()`` first.
+
+    ``"flip"`` = left-right flip + slice-order flip (with the identity: 3 passes); ``"hflip"`` (W), ``"vflip"``
+    (H) and ``"dflip"`` (D) may be listed one by one instead; ``()`` runs the model once.
+
+    >>> tta_variants(("flip",))
+    [(), (3,), (4,)]
+    >>> tta_variants(None)
+    [()]
     """
-    p = pred.reshape(pred.shape[0], -1).bool()
-    t = target.reshape(target.shape[0], -1).bool()
-    inter = (p & t).sum(1).double()
-    denom = p.sum(1).double() + t.sum(1).double()
-    return [float(2 * i / d) if d > 0 else math.nan for i, d in zip(inter.tolist(), denom.tolist())]
+    if isinstance(tta, str):
+        tta = (tta,)
+    out: list[tuple[int, ...]] = [()]
+    for name in tta or ():
+        names = ("hflip", "dflip") if name == "flip" else (name,)
+        for n in names:
+            if n not in TTA_FLIPS:
+                raise ValueError(f"unknown TTA {name!r}; expected 'flip' or any of {sorted(TTA_FLIPS)}")
+            if TTA_FLIPS[n] not in out:
+                out.append(TTA_FLIPS[n])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -236,12 +236,14 @@ def _load_tool(name):
     return mod
 
 
-def test_train_yolo_cli_without_export_names_the_command(tmp_path, caplog):
+def test_train_yolo_cli_on_an_unprepared_work_names_the_command(tmp_path, caplog):
+    """The tool makes each fold's YOLO export itself; a WORK folder without splits is named with its command."""
     tool = _load_tool("train_yolo")
     with caplog.at_level(logging.ERROR):
         rc = tool.main(["--work", str(tmp_path), "--fold", "2", "--work-dir", str(tmp_path / "run")])
     assert rc == 2
-    assert f"python -m data_prep export yolo --work {tmp_path} --fold 2" in caplog.text
+    assert f"python -m data_prep splits --work {tmp_path}" in caplog.text and "prepare" in caplog.text
+    assert not (tmp_path / "run").exists()
 
 
 def test_boxes_for_a_work_folder(toy_work, tmp_path):

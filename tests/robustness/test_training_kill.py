@@ -80,39 +80,73 @@ def _assert_corrupt(path: Path) -> None:
 # classifier
 
 
-CLS_ARGS = [
-    "--device", "cpu", "--cfg-options", "schedule.max_iters=6", "schedule.ckpt_interval=2",
-    "schedule.val_interval=6", "schedule.warmup_iters=0", "schedule.log_interval=1", "data.batch_size=4",
+#: --cfg-options of the tiny classifier runs: 32x32, 6 iterations, a checkpoint every 2, validation at the end
+#: (the warm-up of 5 iterations changes the lr at every iteration the chain crosses).
+CLS_OPTS = [
+    "img_size=(32,32)", "train_dataloader.batch_size=4", "train_cfg.max_iters=6", "train_cfg.val_interval=6",
+    "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1", "randomness.seed=0",
 ]  # fmt: skip
 
 
-def test_classifier_killed_in_save_and_in_iteration_resumes_exactly(work, tmp_path):
+def _train_lrs(wd: Path) -> list[dict[int, float]]:
+    """``{iteration: lr}`` logged by each run of ``wd`` (one dict per run folder, in time order)."""
+    out = []
+    for f in sorted(wd.glob("*/vis_data/scalars.json")):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        out.append({r["iter"]: r["lr"] for r in rows if "loss" in r})
+    return out
+
+
+def test_classifier_killed_in_save_and_in_iteration_resumes(work, tmp_path):
+    """The slice classifier on the shared engine (tools/train.py, of which tools/train_cls.py is an alias).
+
+    Asserted: what mmengine restores exactly: the iteration, the optimizer state (AdamW's step counters go on from
+    the checkpoint), the lr schedule (a resumed run logs the lr of the run it continues, iteration for iteration),
+    the message hub (the loss history holds each iteration once, the killed iterations' values never). Not
+    asserted: weights equal to an uninterrupted run's. mmengine re-seeds at start and replays the data order
+    (InfiniteSampler, skipping the trained batches), but the torch RNG state that the killed run's forward passes
+    consumed (dropout / drop-path) and the numpy RNG of the augmentations mid-run are not in a checkpoint.
+    """
     cfg = str(REPO / "mmcfg/gating/cls_resnet10t_1xb16-40_toy-64x64.py")
-    ref, wd = tmp_path / "ref", tmp_path / "run"
-    base = [cfg, "--work", str(work)]
-    assert_ok(_run_tool(tmp_path, "train_cls.py", [*base, "--work-dir", str(ref), *CLS_ARGS]))
-    args = [*base, "--work-dir", str(wd), *CLS_ARGS]
-    # A: killed while writing the second last.pth (iteration 4)
-    assert_killed(_run_tool(tmp_path, "train_cls.py", args, KILL_IN_SAVE.format(part="last.pth", n=2)))
-    assert torch.load(wd / "last.pth", weights_only=False)["iteration"] == 2
+    wd = tmp_path / "run"
+    args = [cfg, "--work", str(work), "--work-dir", str(wd), "--device", "cpu"]
+    opts = ["--cfg-options", *CLS_OPTS]
+    # A: killed while writing iter_4.pth
+    assert_killed(_run_tool(tmp_path, "train.py", [*args, *opts], KILL_IN_SAVE.format(part="iter_", n=2)))
+    assert (wd / "iter_2.pth").is_file() and not (wd / "iter_4.pth").exists()
+    assert (wd / "last_checkpoint").read_text().strip().endswith("iter_2.pth")
     (leftover,) = _tmp_files(wd)
+    assert leftover.name.startswith(".iter_4.pth.")
     _assert_corrupt(leftover)
-    # B: resumed at 2, killed in iteration 5
-    r = _run_tool(tmp_path, "train_cls.py", [*args, "--resume"], KILL_IN_ITER.format(n=3))
+    assert not (wd / "done.json").exists()
+    ck2 = torch.load(wd / "iter_2.pth", weights_only=True)  # the project's checkpoints need no unpickling
+    # B: resumed at 2 (the temporary file is never picked up), killed in iteration 5
+    r = _run_tool(tmp_path, "train.py", [*args, "--resume", *opts], KILL_IN_ITER.format(n=3))
     assert_killed(r)
-    assert re.search(r"resumed from .*last.pth at iteration 2\b", r.stderr)
-    assert torch.load(wd / "last.pth", weights_only=False)["iteration"] == 4
-    # C: resumed at 4, finishes; the result is the uninterrupted run's, weight for weight
-    r = _run_tool(tmp_path, "train_cls.py", [*args, "--resume"])
+    assert re.search(r"resumed from \S*iter_2.pth at iteration 2\b", r.stdout + r.stderr)
+    assert (wd / "last_checkpoint").read_text().strip().endswith("iter_4.pth")
+    ck4 = torch.load(wd / "iter_4.pth", weights_only=True)
+    # C: resumed at 4, finishes (iter_2.pth is then removed: the last two checkpoints are kept)
+    r = _run_tool(tmp_path, "train.py", [*args, "--resume", *opts])
     assert_ok(r)
-    assert re.search(r"resumed from .*last.pth at iteration 4\b", r.stderr)
-    got, want = torch.load(wd / "last.pth", weights_only=False), torch.load(ref / "last.pth", weights_only=False)
-    assert got["iteration"] == want["iteration"] == 6
-    assert got["state_dict"].keys() == want["state_dict"].keys()
-    for k, v in want["state_dict"].items():
-        assert torch.equal(got["state_dict"][k], v), f"{k} differs from the uninterrupted run"
+    assert re.search(r"resumed from \S*iter_4.pth at iteration 4\b", r.stdout + r.stderr)
+    assert json.loads((wd / "done.json").read_text())["iterations"] == 6
+    # A logged 1-4 (killed writing iteration 4's checkpoint), B restarted at 3 and logged 3-4 (killed in 5),
+    # C restarted at 5
+    assert train_iters(wd) == [[1, 2, 3, 4], [3, 4], [5, 6]]
+    lr_a, lr_b, lr_c = _train_lrs(wd)
+    assert lr_b == {3: lr_a[3], 4: lr_a[4]} and lr_a[3] != lr_a[4]  # the scheduler went on where it stopped
+    assert lr_a[1] < lr_a[2] < lr_b[3] < lr_b[4] < lr_c[5]  # the warm-up went on (a restart would give lr_a[1])
+    ck6 = torch.load(wd / "iter_6.pth", weights_only=True)
+    assert [ck["meta"]["iter"] for ck in (ck2, ck4, ck6)] == [2, 4, 6]
+    for n, ck in ((2, ck2), (4, ck4), (6, ck6)):
+        assert {int(s["step"]) for s in ck["optimizer"]["state"].values()} == {n}
+        assert [s["_global_step"] for s in ck["param_schedulers"]] == [n, n]  # warm-up, cosine
+    losses = [ck["message_hub"]["log_scalars"]["train/loss"]["log_history"] for ck in (ck2, ck4, ck6)]
+    assert [len(h) for h in losses] == [2, 4, 6]
+    assert losses[2][:4] == losses[1] and losses[1][:2] == losses[0]  # continued, never rewritten
     best = torch.load(wd / "best.pth", weights_only=True)  # inference weights load without unpickling code
-    assert best["meta"]["iteration"] == 6
+    assert best["meta"]["iter"] == 6 and (wd / "oof" / "cls_probs.csv").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,32 +154,66 @@ def test_classifier_killed_in_save_and_in_iteration_resumes_exactly(work, tmp_pa
 
 
 def test_3d_killed_in_save_and_in_iteration_resumes(work, tmp_path):
-    cfg = tmp_path / "segresnet_6it.py"
+    """The 3D segmenter on the shared engine (tools/train.py; the uninterrupted reference run goes through the
+    tools/train_3d.py alias), with two patch-size stages: 32x32x16 patches, then 48x48x16 from iteration 3 (B crosses
+    the switch after its resume, C resumes inside the second stage).
+
+    Asserted as for the 2.5D chain: the last complete checkpoint is ``last_checkpoint``, the half-written temporary
+    file is never picked up, each run resumes where the previous one stopped and the project's checkpoints load with
+    ``weights_only=True``. Beyond it: the final weights equal the uninterrupted run's, weight for weight. mmengine
+    does not restore the random state of the data pipeline (MONAI's crop and flip generators, the dataloader
+    workers' RNGs) nor the position in the sampler's stream; the 3D data does not need it: every draw of
+    CaseDayPatchSampler carries its own seed, and PatchStageHook restarts the stream at the resumed iteration (on
+    CPU, with one thread and no dropout, the rest of the state is in the checkpoint).
+    """
+    cfg = tmp_path / "segresnet_2stages.py"
     cfg.write_text(
         f"_base_ = [{str(REPO / 'mmcfg/monai3d/segresnet-tiny_1xb2-40_synth-32x32x16.py')!r}]\n"
-        "train = dict(stages=[dict(roi_size=(32, 32, 16), iters=6)], checkpoint_interval=2, val_interval=6, "
-        "log_interval=1)\n"
+        "custom_hooks = [dict(type='TrainingCurveHook', keys=('seg3d/score', 'seg3d/dice')), "
+        "dict(type='PatchStageHook', stages=[dict(roi_size=(32, 32, 16), begin=0), "
+        "dict(roi_size=(48, 48, 16), begin=3)])]\n"
     )
-    wd = tmp_path / "run"
-    args = [str(cfg), "--work", str(work), "--work-dir", str(wd), "--device", "cpu"]
-    assert_killed(_run_tool(tmp_path, "train_3d.py", args, KILL_IN_SAVE.format(part="last.pth", n=2)))
-    assert torch.load(wd / "last.pth", weights_only=False)["iter"] == 2
+    opts = [
+        "--cfg-options", "train_cfg.max_iters=6", "train_cfg.val_interval=6", "default_hooks.checkpoint.interval=2",
+        "default_hooks.logger.interval=1", "randomness.seed=0",
+    ]  # fmt: skip
+    ref, wd = tmp_path / "ref", tmp_path / "run"
+    base = [str(cfg), "--work", str(work), "--device", "cpu"]
+    alias = str(REPO / "tools" / "train_3d.py")
+    code = f"import runpy\nsys.argv = [{alias!r}, *{[*base, '--work-dir', str(ref), *opts]!r}]\n"
+    assert_ok(run_driver(code + f"runpy.run_path({alias!r}, run_name='__main__')\n", tmp_path, "ref.py"))
+    args = [*base, "--work-dir", str(wd)]
+    # A: killed while writing iter_4.pth
+    assert_killed(_run_tool(tmp_path, "train.py", [*args, *opts], KILL_IN_SAVE.format(part="iter_", n=2)))
+    assert (wd / "iter_2.pth").is_file() and not (wd / "iter_4.pth").exists()
+    assert (wd / "last_checkpoint").read_text().strip().endswith("iter_2.pth")
     (leftover,) = _tmp_files(wd)
+    assert leftover.name.startswith(".iter_4.pth.")
     _assert_corrupt(leftover)
-    r = _run_tool(tmp_path, "train_3d.py", [*args, "--resume"], KILL_IN_ITER.format(n=3))
+    assert not (wd / "done.json").exists()
+    # B: resumed at 2 (the temporary file is never picked up), switches to 48x48x16 at 3, killed in iteration 5
+    r = _run_tool(tmp_path, "train.py", [*args, "--resume", *opts], KILL_IN_ITER.format(n=3))
     assert_killed(r)
-    assert re.search(r"resumed from .*last.pth at iteration 2\b", r.stderr)
-    assert torch.load(wd / "last.pth", weights_only=False)["iter"] == 4
-    r = _run_tool(tmp_path, "train_3d.py", [*args, "--resume"])
+    assert re.search(r"resumed from \S*iter_2.pth at iteration 2\b", r.stdout + r.stderr)
+    assert "PatchStageHook: patches (48, 48, 16) from iteration 3" in r.stdout + r.stderr
+    assert (wd / "last_checkpoint").read_text().strip().endswith("iter_4.pth")
+    # C: resumed at 4, inside the second stage, finishes
+    r = _run_tool(tmp_path, "train.py", [*args, "--resume", *opts])
     assert_ok(r)
-    assert re.search(r"resumed from .*last.pth at iteration 4\b", r.stderr)
-    ck = torch.load(wd / "last.pth", weights_only=False)
-    assert ck["iter"] == 6
-    # the history has every iteration exactly once: nothing of the killed iterations leaked in
-    assert [row["iter"] for row in ck["history"]] == [1, 2, 3, 4, 5, 6]
-    log = (wd / "log.csv").read_text().splitlines()
-    assert [int(line.split(",")[0]) for line in log[1:]] == [1, 2, 3, 4, 5, 6]
-    assert torch.load(wd / "best.pth", weights_only=True)["meta"]["iter"] == 6
+    assert re.search(r"resumed from \S*iter_4.pth at iteration 4\b", r.stdout + r.stderr)
+    assert "PatchStageHook: patches (48, 48, 16) from iteration 4" in r.stdout + r.stderr
+    assert json.loads((wd / "done.json").read_text())["iterations"] == 6
+    # A logged 1-4 (killed writing iteration 4's checkpoint), B restarted at 3 and logged 3-4 (killed in 5),
+    # C restarted at 5
+    assert train_iters(wd) == [[1, 2, 3, 4], [3, 4], [5, 6]]
+    got = torch.load(wd / "iter_6.pth", weights_only=True)  # the project's checkpoints need no unpickling
+    want = torch.load(ref / "iter_6.pth", weights_only=True)
+    assert got["meta"]["iter"] == want["meta"]["iter"] == 6
+    assert got["state_dict"].keys() == want["state_dict"].keys()
+    for k, v in want["state_dict"].items():
+        assert torch.equal(got["state_dict"][k], v), f"{k} differs from the uninterrupted run"
+    best = torch.load(wd / "best.pth", weights_only=True)  # best by seg3d/score, validated at 6
+    assert best["meta"]["iter"] == 6 and (wd / "best.pth").resolve().name.startswith("best_seg3d_score_iter_6")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -54,7 +54,37 @@ def test_classifier_inference_refuses(trapped):
 
     ck, marker = trapped
     with pytest.raises(ValueError, match=str(ck)):
+        SliceClassifier.load(ck, "cpu")  # reads the definition stored in the checkpoint
+    with pytest.raises(ValueError, match=str(ck)):
+        SliceClassifier.load(ck, "cpu", config=REPO / "mmcfg/gating/cls_resnet10t_1xb16-40_toy-64x64.py")
+    assert not marker.exists()
+
+
+def test_classifier_never_runs_a_config_stored_in_a_checkpoint(tmp_path):
+    """A config is Python: one stored in a checkpoint (mmengine writes ``meta["cfg"]``) is never executed, and the
+    plain-data definition the classifier reads instead is checked before anything is built from it."""
+    from gating.classifier import SliceClassifier
+
+    marker = tmp_path / "code_ran"
+    code = f"x = __import__('os').system('touch {marker}')\n"
+    ck = tmp_path / "cfg.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "meta": {"cfg": code}}, ck)
+    with pytest.raises(ValueError, match="no classifier definition"):
         SliceClassifier.load(ck, "cpu")
+    bad = {"model": {"type": "os.system", "command": f"touch {marker}"}, "channels": 3, "stride": 2, "img_size": [8, 8]}
+    torch.save({"state_dict": {}, "meta": {"cfg": code, "slice_classifier": bad}}, ck)
+    with pytest.raises(ValueError, match="not a slice classifier"):
+        SliceClassifier.load(ck, "cpu")
+    assert not marker.exists()
+
+
+def test_classifier_pretrained_refuses(trapped):
+    """A local pretrained file of the classifier's timm model (model.pretrained) is read with weights_only=True."""
+    from gating.mm import SliceClassifierModel
+
+    ck, marker = trapped
+    with pytest.raises(ValueError, match=str(ck)):
+        SliceClassifierModel("resnet10t", in_channels=3, pretrained=str(ck))
     assert not marker.exists()
 
 

@@ -1,45 +1,63 @@
-"""3D segmenters (MONAI): preprocessing, WORK reading, loss, and the training loop (loss goes down, resume)."""
+"""3D segmenters (MONAI) on the training engine: preprocessing, loss, configs, datasets, sampler, model, metric, the
+patch-stage hook (switch at the right iteration, resume into stage 2), training through tools/train.py
+(best.pth, --fold all, 2 processes over gloo)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from data_prep.constants import REPO_ROOT
+from data_prep.constants import CLASSES, REPO_ROOT
 
-mmengine = pytest.importorskip("mmengine")
+pytest.importorskip("mmengine")
 pytest.importorskip("monai")
 
-from segmenters.monai3d_synth import make_synthetic_work  # noqa: E402
-from segmenters.monai3d_train import lr_factor, parse_stages, train_3d  # noqa: E402
+from mmengine.dataset import default_collate, pseudo_collate  # noqa: E402
+from work3d import make_synthetic_work  # noqa: E402
 
+from segmenters.monai.data import (  # noqa: E402
+    CaseDayPatchDataset,
+    CaseDayPatchSampler,
+    CaseDayVolumeDataset,
+    fold_entries,
+)
+from segmenters.monai.hooks import PatchStageHook, parse_stages  # noqa: E402
+from segmenters.monai.inference import Segmenter3D  # noqa: E402
+from segmenters.monai.metric import CaseDay3DMetric  # noqa: E402
+from segmenters.monai.model import Monai3DSegmenter, SlidingWindow  # noqa: E402
 from segmenters.monai.volumes import (  # noqa: E402
     DiceBCELoss,
-    build_model,
+    build_net,
     check_roi,
-    dice_per_class,
-    fold_case_days,
-    load_3d_datalist,
     normalize_intensity,
     preprocess_image,
     preprocess_label,
-    read_splits,
     target_hw,
 )
+from training.config import build_model, load_config  # noqa: E402
+from training.train import train  # noqa: E402
 
 TINY = REPO_ROOT / "mmcfg" / "monai3d" / "segresnet-tiny_1xb2-40_synth-32x32x16.py"
 CONFIGS = sorted((REPO_ROOT / "mmcfg" / "monai3d").glob("*.py"))
-
-
-def tiny_cfg(**train) -> dict:
-    cfg = mmengine.Config.fromfile(str(TINY)).to_dict()
-    cfg["train"].update(train)
-    return cfg
+#: mmengine's vocabulary, the shared runtime and the shortcuts: the only top-level keys a 3D config may have.
+ALLOWED_KEYS = {
+    "model", "train_dataloader", "val_dataloader", "test_dataloader", "val_evaluator", "test_evaluator",
+    "optim_wrapper", "param_scheduler", "train_cfg", "val_cfg", "test_cfg", "default_hooks", "custom_hooks",
+    "randomness", "custom_imports", "work", "fold", "split_variant",
+    # mmcfg/_base_/default_runtime.py
+    "runner_type", "env_cfg", "model_wrapper_cfg", "vis_backends", "visualizer", "log_processor", "log_level",
+    "load_from", "resume",
+}  # fmt: skip
+SMALL = {"mode": "size", "size": (48, 48)}
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +71,35 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
+    """5 case-days of 48x48 (16 and 12 slices), 5 folds: fold k validates case k + 1."""
     return make_synthetic_work(tmp_path_factory.mktemp("w3d") / "work", n_cases=5, depths=(16, 12), seed=0)
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"seg3d_{name}_tool", REPO_ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _scalars(work_dir: Path) -> list[dict]:
+    rows = []
+    for f in sorted(work_dir.glob("*/vis_data/scalars.json")):
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def stage_config(tmp_path: Path, stages: list[dict]) -> Path:
+    """The tiny config with other patch-size stages."""
+    path = tmp_path / "tiny_stages.py"
+    path.write_text(
+        f"_base_ = [{str(TINY)!r}]\n"
+        "custom_hooks = [\n"
+        "    dict(type='TrainingCurveHook', keys=('seg3d/score', 'seg3d/dice')),\n"
+        f"    dict(type='PatchStageHook', stages={stages!r}),\n"
+        "]\n"
+    )
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ pure functions
@@ -77,12 +123,11 @@ def test_target_hw_and_preprocess_shapes():
     assert target_hw((310, 360), {"mode": "spacing", "pixdim": (3.0, 3.0)}, (3.0, 1.5, 1.5)) == (155, 180)
     with pytest.raises(ValueError, match="spacing"):
         target_hw((310, 360), {"mode": "spacing", "pixdim": (3.0, 3.0)})
-    cfg = {"data": {"resample": {"mode": "size", "size": (40, 24)}, "norm": {"mode": "max"}}}
     vol = np.zeros((7, 31, 17), np.uint16)
     vol[:, 10:20, 5:9] = 1000
-    x = preprocess_image(vol, cfg)
+    x = preprocess_image(vol, {"mode": "max"}, {"mode": "size", "size": (40, 24)})
     assert tuple(x.shape) == (1, 40, 24, 7) and x.dtype == torch.float32
-    assert float(x.max()) <= 1.0 and float(x.min()) >= 0.0
+    assert float(x.max()) <= 1.0 and float(x.min()) >= 0.0 and float(x.max()) > 0.9
     mask = np.zeros((7, 31, 17), np.uint8)
     mask[2, 10:20, 5:9] = 0b101  # large bowel + stomach
     y = preprocess_label(mask, (40, 24))
@@ -91,7 +136,7 @@ def test_target_hw_and_preprocess_shapes():
     assert y[:, :, :, [0, 1, 3, 4, 5, 6]].sum() == 0  # depth untouched
 
 
-def test_check_roi_and_models():
+def test_check_roi_and_networks():
     seg = {"type": "SegResNet", "blocks_down": (1, 2, 2, 4)}
     assert check_roi((224, 224, 80), seg) == (224, 224, 80)
     with pytest.raises(ValueError, match="multiple of"):
@@ -100,21 +145,76 @@ def test_check_roi_and_models():
     assert check_roi((160, 160, 80), dyn) == (160, 160, 80)
     with pytest.raises(ValueError, match=r"\(16, 16, 8\)"):
         check_roi((168, 160, 80), dyn)
-    with pytest.raises(ValueError, match="out_channels"):
-        build_model({"type": "SegResNet", "out_channels": 2})
-    with pytest.raises(ValueError, match="unknown model type"):
-        build_model({"type": "SegResNett"})
+    with pytest.raises(ValueError, match="out_channels must be 3"):
+        build_net({"type": "SegResNet", "out_channels": 2})
+    with pytest.raises(ValueError, match="unknown network type 'SegResNett'.*SegResNet"):
+        build_net({"type": "SegResNett"})
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_configs_load_and_build(path):
-    cfg = mmengine.Config.fromfile(str(path)).to_dict()
-    stages = parse_stages(cfg)
-    model = build_model(cfg["model"])
-    assert sum(p.numel() for p in model.parameters()) > 1000
-    check_roi(cfg["infer"]["roi_size"], cfg["model"])
-    h, w, d = stages[-1][0]
+    """mmengine's vocabulary only; the model builds; the name's patch size is the last stage's and the window's."""
+    cfg = load_config(path)
+    assert set(cfg.keys()) <= ALLOWED_KEYS, sorted(set(cfg.keys()) - ALLOWED_KEYS)
+    assert "default_scope" not in cfg and cfg.split_variant == "all"
+    model = build_model(cfg)
+    assert isinstance(model, Monai3DSegmenter) and sum(p.numel() for p in model.parameters()) > 1000
+    (stage_hook,) = [h for h in cfg.custom_hooks if h["type"] == "PatchStageHook"]
+    stages = parse_stages(stage_hook["stages"])
+    for _, roi in stages:
+        check_roi(roi, model.net_cfg)
+    h, w, d = stages[-1][1]
     assert path.name.endswith(f"-{h}x{w}x{d}.py")
+    assert model.test_window.roi_size == (h, w, d)
+    assert cfg.train_dataloader.dataset.roi_size == stages[0][1]
+    assert cfg.default_hooks.checkpoint.save_best == "seg3d/score" and cfg.default_hooks.checkpoint.rule == "greater"
+    assert [h["type"] for h in cfg.custom_hooks] == ["TrainingCurveHook", "PatchStageHook"]
+    assert tuple(cfg.custom_hooks[0]["keys"]) == ("seg3d/score", "seg3d/dice")
+    # the same preprocessing in training, validation and inference
+    for key in ("norm", "resample"):
+        assert cfg.train_dataloader.dataset[key] == cfg.val_dataloader.dataset[key] == cfg.test_dataloader.dataset[key]
+
+
+def test_real_configs_keep_the_hyper_parameters():
+    cfg = load_config(REPO_ROOT / "mmcfg/monai3d/segresnet_1xb2-20k_uwmgi-224x224x80.py")
+    assert parse_stages(cfg.custom_hooks[1]["stages"]) == [(0, (160, 160, 80)), (10000, (224, 224, 80))]
+    assert cfg.train_cfg.max_iters == 20000 and cfg.train_cfg.val_interval == 1000
+    assert cfg.default_hooks.checkpoint.interval == 1000
+    assert cfg.train_dataloader.batch_size == 2 and cfg.train_dataloader.dataset.cache_rate == 1.0
+    assert cfg.train_dataloader.dataset.num_samples == 2
+    assert cfg.optim_wrapper.optimizer.lr == 3e-4 and cfg.optim_wrapper.clip_grad.max_norm == 12.0
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper"
+    ds = cfg.val_dataloader.dataset
+    assert ds.resample == {"mode": "size", "size": (256, 256)}
+    assert ds.norm == {"mode": "percentile", "percentiles": (0.0, 99.5)}
+    model = build_model(cfg)
+    assert model.test_window == SlidingWindow((224, 224, 80), 0.7, "gaussian", 0.125, 2, ("flip",), True)
+    assert model.val_window.overlap == 0.5 and model.val_window.tta == ()
+    dyn = load_config(REPO_ROOT / "mmcfg/monai3d/dynunet_1xb2-20k_uwmgi-224x224x80.py")
+    assert dyn.optim_wrapper.optimizer.lr == 1e-3 and dyn.model.net.type == "DynUNet"
+
+
+def test_schedule_is_linear_warmup_then_cosine():
+    """Linear warm-up over 500 iterations (``lr * (i + 1) / 500``, as the former loop), then cosine to 1% of the lr
+    at max_iters."""
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    cfg = load_config(REPO_ROOT / "mmcfg/monai3d/segresnet_1xb2-20k_uwmgi-224x224x80.py")
+    max_iters = 2000
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim_wrapper.optimizer.lr)
+    scheds = [PARAM_SCHEDULERS.build({"end": max_iters, **s, "optimizer": opt}) for s in cfg.param_scheduler]
+    lrs = []
+    for _ in range(max_iters):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        for s in scheds:
+            s.step()
+    lr = 3e-4
+    assert lrs[:500] == pytest.approx([lr * (i + 1) / 500 for i in range(500)])
+    assert lrs[500] == pytest.approx(lr)
+    assert lrs[500 + 750] == pytest.approx(0.01 * lr + (lr - 0.01 * lr) / 2, rel=1e-3)  # half-way down the cosine
+    assert lrs[-1] == pytest.approx(0.01 * lr, rel=0.01)
+    assert all(a >= b for a, b in zip(lrs[500:], lrs[501:]))
 
 
 def test_dice_bce_loss_values():
@@ -130,115 +230,275 @@ def test_dice_bce_loss_values():
     assert float(loss(deep, t)) == pytest.approx(expect, rel=1e-5)
 
 
-def test_dice_per_class():
-    p = torch.zeros(3, 10)
-    t = torch.zeros(3, 10)
-    p[0, :4] = 1
-    t[0, 2:6] = 1  # 2 * 2 / (4 + 4)
-    t[1, :3] = 1  # pred empty -> 0
-    d = dice_per_class(p, t)
-    assert d[0] == pytest.approx(0.5) and d[1] == 0.0 and math.isnan(d[2])
+def test_sliding_window_settings_are_checked():
+    seg = {"type": "SegResNet", "blocks_down": (1, 1, 1)}
+    w = SlidingWindow.from_cfg({"roi_size": (32, 32, 16), "tta": "flip"}, seg, "model.test_cfg")
+    assert w.tta == ("flip",) and w.overlap == 0.7 and w.mode == "gaussian"
+    for bad, match in (
+        ({}, r"model.test_cfg.roi_size is required"),
+        ({"roi_size": (30, 32, 16)}, r"model.test_cfg.roi_size .* multiple of \(4, 4, 4\)"),
+        ({"roi_size": (32, 32, 16), "overlap": 1.0}, r"overlap must be in \[0, 1\)"),
+        ({"roi_size": (32, 32, 16), "mode": "mean"}, "mode must be one of"),
+        ({"roi_size": (32, 32, 16), "tta": ("rot90",)}, "unknown TTA"),
+        ({"roi_size": (32, 32, 16), "overlpa": 0.5}, r"unknown keys \['overlpa'\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            SlidingWindow.from_cfg(bad, seg, "model.test_cfg")
 
 
-def test_lr_factor():
-    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
-    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
-    assert lr_factor(55, 100, 10, 0.0) == pytest.approx(0.5)
-    assert lr_factor(100, 100, 10, 0.01) == pytest.approx(0.01)
-
-
-# ------------------------------------------------------------------------------------------------ WORK folder
-
-
-def test_folds_match_splits(work):
-    splits = read_splits(work)
-    train, val = fold_case_days(splits, 0)
-    assert val == ["case1_day0"]
-    assert train == ["case2_day0", "case3_day0", "case4_day0", "case5_day0"]
-    assert fold_case_days(splits, 3) == (["case1_day0", "case2_day0", "case3_day0", "case5_day0"], ["case4_day0"])
-    entries = load_3d_datalist(work, 0)
-    assert sorted(entries) == [f"case{i}_day0" for i in range(1, 6)]
-    assert np.load(entries["case2_day0"]["image"]).shape == (12, 48, 48)
-    with pytest.raises(ValueError, match="fold 7"):
-        fold_case_days(splits, 7)
-
-
-def test_missing_export_names_the_commands(tmp_path, work):
-    with pytest.raises(FileNotFoundError, match="python -m data_prep prepare"):
-        load_3d_datalist(tmp_path)
-    (tmp_path / "manifest.csv").write_text((work / "manifest.csv").read_text())
-    with pytest.raises(FileNotFoundError, match="python -m data_prep export 3d"):
-        load_3d_datalist(tmp_path)
-
-
-def test_reads_contract_datalist_and_faulty_days_drop(tmp_path, work):
-    """A single exports/3d/datalist.json is read too; faulty case-days absent from train['all'] are not trained."""
-    root = tmp_path / "exports" / "3d"
-    root.mkdir(parents=True)
-    raw = json.loads((work / "exports" / "3d" / "fold_0" / "datalist.json").read_text())
-    for e in raw["training"] + raw["validation"]:
-        e["image"] = str(Path(e["image"]).relative_to(work))
-    (root / "datalist.json").write_text(json.dumps(raw))
-    (tmp_path / "volumes").symlink_to(work / "volumes")
-    entries = load_3d_datalist(tmp_path)
-    assert Path(entries["case3_day0"]["image"]) == tmp_path / "volumes" / "case3_day0.npy"
-    splits = read_splits(work)
-    splits["folds"][0]["train"]["all"] = [i for i in splits["folds"][0]["train"]["all"] if "case3_day0" not in i]
-    assert "case3_day0" not in fold_case_days(splits, 0)[0]
-
-
-# ------------------------------------------------------------------------------------------------ training
-
-
-def test_train_loss_goes_down_and_writes_run(work, tmp_path):
-    cfg = tiny_cfg(stages=[{"roi_size": (32, 32, 16), "iters": 24}], log_interval=4, val_interval=12)
-    out = tmp_path / "run"
-    res = train_3d(cfg, work, 0, out, config_text="# tiny\n")
-    losses = [r["loss"] for r in res["history"] if "loss" in r]
-    assert res["iter"] == 24 and len(losses) == 6
-    assert losses[-1] < losses[0] - 0.05, losses
-    vals = [r["val_dice"] for r in res["history"] if "val_dice" in r]
-    assert len(vals) == 2 and all(0.0 <= v <= 1.0 for v in vals)
-    assert res["best_score"] == pytest.approx(max(vals))
-    for name in ("last.pth", "best.pth", "log.csv", "curve.png", "config.py"):
-        assert (out / name).is_file(), name
-    lines = (out / "log.csv").read_text().splitlines()
-    assert lines[0].startswith("iter,stage,lr,loss,val_dice") and len(lines) == 1 + 6
-    from common.engine import load_weights
-
-    sd = load_weights(out / "best.pth")  # weights_only=True works on best.pth
-    model = build_model(cfg["model"])
-    model.load_state_dict(sd)
-    with pytest.raises(FileExistsError, match="--resume"):
-        train_3d(cfg, work, 0, out)
-
-
-def test_resume_continues_from_saved_iteration(work, tmp_path):
-    out = tmp_path / "run"
-    cfg4 = tiny_cfg(stages=[{"roi_size": (32, 32, 16), "iters": 4}], log_interval=2, val_interval=100)
-    with pytest.raises(FileNotFoundError, match="last.pth"):
-        train_3d(cfg4, work, 0, out, resume=True)
-    train_3d(cfg4, work, 0, out)
-    ck = torch.load(out / "last.pth", weights_only=False)
-    assert ck["iter"] == 4
-    cfg8 = tiny_cfg(stages=[{"roi_size": (32, 32, 16), "iters": 8}], log_interval=2, val_interval=100)
-    res = train_3d(cfg8, work, 0, out, resume=True)
-    assert res["iter"] == 8
-    assert [r["iter"] for r in res["history"] if "loss" in r] == [2, 4, 6, 8]
-    ck = torch.load(out / "last.pth", weights_only=False)
-    assert ck["iter"] == 8
-    steps = {int(s["step"]) for s in ck["optimizer"]["state"].values()}
-    assert steps == {8}  # the optimizer state went on from step 4
-    assert ck["scheduler"]["last_epoch"] == 8
-
-
-def test_two_stage_schedule_and_small_volumes(work, tmp_path):
-    """Stages switch patch size; a patch deeper and wider than every volume (12/16 slices, 48 px) is padded."""
-    cfg = tiny_cfg(
-        stages=[{"roi_size": (32, 32, 16), "iters": 2}, {"roi_size": (64, 64, 24), "iters": 2}],
-        log_interval=1,
-        val_interval=4,
+def test_prior_prob_sets_the_output_biases():
+    net = dict(type="DynUNet", spatial_dims=3, in_channels=1, out_channels=3, kernel_size=[3, 3, 3], strides=[1, 2, 2])
+    net.update(upsample_kernel_size=[2, 2], deep_supervision=True, deep_supr_num=1)
+    window = {"roi_size": (16, 16, 16)}
+    model = Monai3DSegmenter(net, prior_prob=0.02, test_cfg=window)
+    heads = [m for m in model.net.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 3]
+    assert len(heads) == 2  # the output block and the deep-supervision head
+    for h in heads:
+        np.testing.assert_allclose(h.bias.detach().numpy(), np.log(0.02 / 0.98), rtol=1e-6)
+    plain = Monai3DSegmenter(net, test_cfg=window)  # MONAI's own initialisation: biases near 0, not logit(0.02)
+    assert all(
+        float(m.bias.abs().max()) < 1.0
+        for m in plain.net.modules()
+        if isinstance(m, torch.nn.Conv3d) and m.bias is not None
     )
-    res = train_3d(cfg, work, 1, tmp_path / "run")
-    assert [r["stage"] for r in res["history"]] == [0, 0, 1, 1]
-    assert not math.isnan(res["history"][-1]["val_dice"])
+    with pytest.raises(ValueError, match="prior_prob must be in"):
+        Monai3DSegmenter(net, prior_prob=0.0, test_cfg=window)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_patch_dataset_of_a_fold_and_its_draws(work):
+    ds = CaseDayPatchDataset(str(work), fold=0, roi_size=(32, 32, 16), resample=SMALL, num_samples=2)
+    assert ds.case_days == ["case2_day0", "case3_day0", "case4_day0", "case5_day0"] and not ds.sharded
+    s = ds[(1, 123)]
+    x, y = s["inputs"], s["data_samples"]["labels"]
+    assert x.shape == (2, 1, 32, 32, 16) and x.dtype == torch.float32
+    assert y.shape == (2, 3, 32, 32, 16) and y.dtype == torch.uint8 and set(y.unique().tolist()) <= {0, 1}
+    assert y.any()  # pos=neg=1: patches are centred on labels half of the time, and the anatomy is large
+    again = ds[(1, 123)]  # a draw's seed fixes its patches
+    assert torch.equal(again["inputs"], x) and torch.equal(again["data_samples"]["labels"], y)
+    assert not torch.equal(ds[(1, 124)]["inputs"], x)
+    ds.set_roi_size((64, 64, 24))  # larger than every volume (48 x 48, 12 / 16 slices): padded
+    big = ds[(2, 5)]
+    assert big["inputs"].shape == (2, 1, 64, 64, 24) and big["data_samples"]["labels"].shape == (2, 3, 64, 64, 24)
+    batch = default_collate([ds[(0, 1)], ds[(3, 2)]])
+    assert batch["inputs"].shape == (2, 2, 1, 64, 64, 24)
+    with pytest.raises(ValueError, match="cache_rate"):
+        CaseDayPatchDataset(str(work), fold=0, cache_rate=1.5)
+
+
+def test_volume_dataset_keeps_the_original_size_truth(work):
+    ds = CaseDayVolumeDataset(str(work), fold=0, split="val", resample=SMALL)
+    assert len(ds) == 1
+    s = ds[0]
+    sample = s["data_samples"]
+    assert s["inputs"].shape == (1, 48, 48, 16) and s["inputs"].dtype == torch.float32
+    assert sample.case_day == "case1_day0" and sample.ori_shape == (16, 48, 48)
+    assert sample.gt_mask.dtype == np.uint8 and sample.gt_mask.shape == (16, 48, 48) and sample.gt_mask.any()
+    assert [e["case_day"] for e in fold_entries(work, 3, "val")] == ["case4_day0"]
+    assert len(fold_entries(work, 3, "all")) == 5
+
+
+def test_missing_export_names_the_command(work, tmp_path):
+    bare = tmp_path / "work"
+    shutil.copytree(work, bare, ignore=shutil.ignore_patterns("exports"))
+    with pytest.raises(FileNotFoundError, match="python -m data_prep export 3d"):
+        fold_entries(bare, 0, "train")
+    with pytest.raises(FileNotFoundError, match="data_prep's finished output"):
+        fold_entries(tmp_path / "nowhere", 0, "train")
+    with pytest.raises(ValueError, match="split must be one of"):
+        fold_entries(work, 0, "test")
+
+
+def test_sampler_draws_are_a_pure_function_of_the_draw_number():
+    dataset = list(range(4))
+    s = CaseDayPatchSampler(dataset, shuffle=True, seed=3)
+    draws = [next(iter(s)) for _ in range(12)]
+    for k in range(3):  # each pass is a permutation
+        assert sorted(i for i, _ in draws[4 * k : 4 * k + 4]) == [0, 1, 2, 3]
+    assert len({seed for _, seed in draws}) == 12 and s.next_draw == 12
+    s.restart(5)
+    assert [next(iter(s)) for _ in range(7)] == draws[5:]
+    fresh = CaseDayPatchSampler(dataset, shuffle=True, seed=3)
+    assert list(zip(range(12), iter(fresh))) == list(enumerate(draws))
+    other = CaseDayPatchSampler(dataset, shuffle=True, seed=4)
+    assert [next(iter(other)) for _ in range(12)] != draws
+
+
+# ------------------------------------------------------------------------------------------------ model and metric
+
+
+def test_model_loss_and_predict_at_the_original_size(work):
+    torch.manual_seed(0)
+    model = build_model(load_config(TINY))
+    ds = CaseDayPatchDataset(str(work), fold=0, roi_size=(32, 32, 16), resample=SMALL, num_samples=2)
+    data = model.data_preprocessor(default_collate([ds[(0, 1)], ds[(1, 2)]]), True)
+    assert data["inputs"].shape == (4, 1, 32, 32, 16) and data["data_samples"]["labels"].dtype == torch.float32
+    loss = model(**data, mode="loss")["loss"]
+    assert loss.ndim == 0 and float(loss.detach()) > 0
+    loss.backward()
+    assert model(data["inputs"], mode="tensor").shape == (4, 3, 32, 32, 16)
+    with pytest.raises(ValueError, match="labels"):
+        model.data_preprocessor({"inputs": data["inputs"]}, True)
+    val = CaseDayVolumeDataset(str(work), fold=0, split="val", resample={"mode": "size", "size": (40, 40)})
+    model.eval()
+    (out,) = model.val_step(pseudo_collate([val[0]]))
+    assert out.probs.shape == (16, 3, 48, 48) and out.probs.dtype == torch.float32  # back at 48 x 48
+    assert 0.0 <= float(out.probs.min()) and float(out.probs.max()) <= 1.0
+    metric = CaseDay3DMetric()
+    metric.process({}, [out.to_dict()])
+    got = metric.compute_metrics(metric.results)
+    assert {"score", "dice", "dice_3d", "hausdorff", "dice_skip", *[f"dice_{c}" for c in CLASSES]} <= set(got)
+    assert 0.0 <= got["score"] <= 1.0
+
+
+def test_metric_scores_perfect_and_empty_predictions(work):
+    from data_prep.volumes import unpack_mask
+
+    sample = CaseDayVolumeDataset(str(work), fold=0, split="val", resample=SMALL)[0]["data_samples"]
+    truth = torch.from_numpy(unpack_mask(sample.gt_mask).astype(np.float32))  # (D, 3, H, W)
+    rec = {"case_day": sample.case_day, "gt_mask": sample.gt_mask}
+    perfect, empty = CaseDay3DMetric(), CaseDay3DMetric()
+    perfect.process({}, [{**rec, "probs": truth * 0.9}])
+    empty.process({}, [{**rec, "probs": truth * 0.4}])  # below the threshold everywhere
+    p, e = perfect.compute_metrics(perfect.results), empty.compute_metrics(empty.results)
+    assert p["score"] == pytest.approx(1.0) and p["dice"] == pytest.approx(1.0) and p["hausdorff"] == 1.0
+    assert e["hausdorff"] == 0.0 and e["dice"] < 1.0 and e["score"] == pytest.approx(0.4 * e["dice"])
+    with pytest.raises(ValueError, match="differ"):
+        CaseDay3DMetric().process({}, [{**rec, "probs": truth[:, :, :10]}])
+
+
+# ------------------------------------------------------------------------------------------------ the stage hook
+
+
+def test_parse_stages_errors():
+    assert parse_stages([dict(roi_size=(8, 8, 8), begin=5), dict(roi_size=(4, 4, 4), begin=0)])[0] == (0, (4, 4, 4))
+    hook = PatchStageHook([dict(roi_size=(4, 4, 4), begin=0), dict(roi_size=(8, 8, 8), begin=5)])
+    assert [hook.roi_at(i) for i in (0, 4, 5, 99)] == [(4, 4, 4), (4, 4, 4), (8, 8, 8), (8, 8, 8)]
+    with pytest.raises(ValueError, match="begin at iteration 0"):
+        parse_stages([dict(roi_size=(4, 4, 4), begin=3)])
+    with pytest.raises(ValueError, match="same iteration"):
+        parse_stages([dict(roi_size=(4, 4, 4), begin=0), dict(roi_size=(8, 8, 8), begin=0)])
+    with pytest.raises(ValueError, match=r"stages\[0\] must be dict"):
+        parse_stages([dict(roi=(4, 4, 4), begin=0)])
+
+
+def test_stage_hook_switches_at_the_right_iteration_and_after_resume(work, tmp_path, monkeypatch):
+    """Stage 2 (48x48x16 patches) begins at iteration 3 (0-based). A run stopped at 2 and resumed crosses the
+    switch at the right iteration; a run resumed at 4 (in stage 2) trains on stage-2 patches at once, without
+    building the batches mmengine's loop skips; the weights are those of an uninterrupted run."""
+    cfg = stage_config(tmp_path, [dict(roi_size=(32, 32, 16), begin=0), dict(roi_size=(48, 48, 16), begin=3)])
+    shapes: list[tuple[int, ...]] = []
+    loads = [0]
+    forward, getitem = Monai3DSegmenter.forward, CaseDayPatchDataset.__getitem__
+
+    def record_forward(self, inputs, data_samples=None, mode="tensor"):
+        if mode == "loss":
+            shapes.append(tuple(inputs.shape[2:]))
+        return forward(self, inputs, data_samples, mode)
+
+    def count_getitem(self, key):
+        loads[0] += 1
+        return getitem(self, key)
+
+    monkeypatch.setattr(Monai3DSegmenter, "forward", record_forward)
+    monkeypatch.setattr(CaseDayPatchDataset, "__getitem__", count_getitem)
+
+    def run(work_dir: Path, iters: int, name: str, resume: bool = False) -> list[tuple[int, ...]]:
+        shapes.clear()
+        loads[0] = 0
+        opts = {
+            "train_cfg.max_iters": iters,
+            "train_cfg.val_interval": 100,
+            "default_hooks.checkpoint.interval": 2,
+            "param_scheduler": [],
+            "experiment_name": name,
+        }
+        train(cfg, fold=0, work=work, work_dir=work_dir, cfg_options=opts, resume=resume)
+        return list(shapes)
+
+    small, big = (32, 32, 16), (48, 48, 16)
+    assert run(tmp_path / "ref", 6, "ref") == [small] * 3 + [big] * 3
+    assert run(tmp_path / "run", 2, "a") == [small] * 2
+    assert run(tmp_path / "run", 4, "b", resume=True) == [small, big]  # resumed at 2, switched at 3
+    assert run(tmp_path / "run", 6, "c", resume=True) == [big, big]  # resumed at 4, in stage 2
+    assert loads[0] == 2 * 2  # two iterations of batch 2: the 4 skipped batches were never built
+    want = torch.load(tmp_path / "ref" / "iter_6.pth", weights_only=True)["state_dict"]
+    got = torch.load(tmp_path / "run" / "iter_6.pth", weights_only=True)["state_dict"]
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert torch.equal(got[k], v), f"{k} differs from the uninterrupted run"
+
+
+# ------------------------------------------------------------------------------------------------ training runs
+
+
+def test_train_tool_reaches_max_iters_and_best_loads_weights_only(work, tmp_path, capsys):
+    wd = tmp_path / "run"
+    args = [str(TINY), "--work", str(work), "--work-dir", str(wd), "--cfg-options"]
+    opts = ["train_cfg.max_iters=12", "train_cfg.val_interval=6", "default_hooks.checkpoint.interval=6"]
+    opts += ["default_hooks.logger.interval=1", "randomness.seed=0"]
+    assert _tool("train").main([*args, *opts]) == 0
+    rows = _scalars(wd)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert [r["iter"] for r in rows if "loss" in r] == list(range(1, 13))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    vals = [r for r in rows if "seg3d/score" in r]
+    assert [r["step"] for r in vals] == [6, 12]
+    for v in vals:
+        assert 0.0 <= v["seg3d/score"] <= 1.0 and 0.0 <= v["seg3d/dice"] <= 1.0
+        assert {f"seg3d/dice_{c}" for c in CLASSES} | {"seg3d/hausdorff", "seg3d/dice_3d"} <= set(v)
+    (best,) = wd.glob("best_seg3d_score_iter_*.pth")
+    assert (wd / "best.pth").resolve() == best.resolve()
+    assert json.loads((wd / "done.json").read_text())["iterations"] == 12
+    assert (wd / "iter_12.pth").is_file() and (wd / "training_curve.png").stat().st_size > 1000
+    state = torch.load(wd / "best.pth", weights_only=True)["state_dict"]  # inference loads weights only
+    assert state and all(k.startswith("net.") for k in state)
+    seg = Segmenter3D.load(TINY, wd / "best.pth", "cpu")
+    from data_prep.work import load_volume
+
+    probs = seg.predict_volume(load_volume(work, "case1_day0"), tta=())
+    assert probs.shape == (16, 3, 48, 48) and 0.0 <= probs.min() and probs.max() <= 1.0
+    capsys.readouterr()
+    assert _tool("train").main([*args, *opts]) == 2  # an existing run needs --resume or --overwrite
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_fold_all_trains_every_fold(tmp_path):
+    w2 = make_synthetic_work(tmp_path / "w2", n_cases=2, n_folds=2, depths=(12,), seed=1)
+    opts = {"train_cfg.max_iters": 2, "train_cfg.val_interval": 2, "default_hooks.checkpoint.interval": 2}
+    dirs = train(TINY, fold="all", work=w2, work_dir=tmp_path / "run", cfg_options=opts)
+    assert dirs == [tmp_path / "run" / "fold_0", tmp_path / "run" / "fold_1"]
+    for k, wd in enumerate(dirs):
+        done = json.loads((wd / "done.json").read_text())
+        assert done["fold"] == k and done["iterations"] == 2
+        assert (wd / "iter_2.pth").is_file() and torch.load(wd / "best.pth", weights_only=True)["state_dict"]
+
+
+def test_dist_train_two_cpu_processes(work, tmp_path):
+    wd = tmp_path / "dist"
+    port = str(29500 + os.getpid() % 1000)
+    env = dict(os.environ, PYTHON=sys.executable, PORT=port, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    cmd = [
+        str(REPO_ROOT / "tools" / "dist_train.sh"),
+        str(TINY),
+        "2",
+        "--work",
+        str(work),
+        "--work-dir",
+        str(wd),
+        "--cfg-options",
+        "train_cfg.max_iters=2",
+        "train_cfg.val_interval=2",
+        "default_hooks.checkpoint.interval=2",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in wd.glob("iter_*.pth")) == ["iter_2.pth"]
+    log = next(wd.glob("*/*.log")).read_text()
+    assert "Distributed training: True" in log and "GPU number: 2" in log
+    # each rank caches its share of the 4 training case-days; the one val case-day is scored once
+    assert "CaseDayPatchDataset fold 0 (all): 2 case-days (rank 0 of 2)" in log
+    assert "Iter(val) [1/1]" in log and "seg3d/score" in log
+    assert torch.load(wd / "best.pth", weights_only=True)["state_dict"]

@@ -1,5 +1,5 @@
-"""Every segmenter config in mmcfg/ loads, is named as STYLE.md says, builds its model and gives (N, 3, H, W)
-for 3- and 5-channel inputs."""
+"""Every segmenter config in mmcfg/ loads, is named as mmsegmentation names configs, builds its model and gives
+(N, 3, H, W) for 3- and 5-channel inputs."""
 
 from __future__ import annotations
 

@@ -282,7 +282,7 @@ def test_prior_prob_initialises_the_classifier_bias() -> None:
     head.init_weights()
     np.testing.assert_allclose(head.conv_seg.bias.detach().numpy(), np.log(0.02 / 0.98), rtol=1e-6)
     feats = [torch.zeros(1, 8, 16, 16), torch.zeros(1, 16, 8, 8)]
-    probs = head(feats).sigmoid()
+    probs = head(feats).sigmoid().detach()
     assert abs(float(probs.mean()) - 0.02) < 0.01  # every pixel starts near the prior, not at 0.5
     with pytest.raises(ValueError, match="prior_prob must be in"):
         MODELS.build(dict(type="MultiLabelFCNHead", in_channels=8, channels=4, num_classes=3, prior_prob=1.5))

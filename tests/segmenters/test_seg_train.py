@@ -191,3 +191,18 @@ def test_train_folds_skips_finished_folds(seg_work, tmp_path) -> None:
     assert not (tmp_path / TINY_UPERNET.stem / "fold_0").exists()
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "fold 1: finished" in again.stdout and "training ->" not in again.stdout
+
+
+def test_a_shortened_schedule_drops_schedulers_that_would_begin_after_the_end(seg_work, tmp_path) -> None:
+    from training.train import build_train_cfg
+
+    cfg = build_train_cfg(
+        REPO / "mmcfg/unet/unet_effb4_2xb16-20k_gitract-384x384.py",
+        0,
+        work=seg_work,
+        work_dir=tmp_path / "wd",
+        cfg_options={"train_cfg.max_iters": 300},
+    )
+    assert [s["type"] for s in cfg.param_scheduler] == ["LinearLR"]  # PolyLR would begin at 500
+    full = build_train_cfg(REPO / "mmcfg/unet/unet_effb4_2xb16-20k_gitract-384x384.py", 0, work=seg_work)
+    assert [s["type"] for s in full.param_scheduler] == ["LinearLR", "PolyLR"]

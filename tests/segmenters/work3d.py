@@ -1,6 +1,6 @@
 """A tiny WORK folder written through data_prep.work (docs/contracts.md), with synthetic 3D anatomy, for the 3D
 segmenters' tests: volumes, bit-field masks, manifest.csv, splits/splits.json, prepare.json and the 3D export of
-fold 0 (data_prep.exports.export_3d).
+every fold (data_prep.exports.export_3d).
 
 Each case-day holds three bright ellipsoids (one per class, stomach and large bowel may overlap) on a noisy
 background, so a small network can learn them in a few iterations. The real pipeline makes WORK with
@@ -142,5 +142,5 @@ def make_synthetic_work(
     write_splits_json(root, splits)
     args = {"data_root": "synthetic", "split": "train", "labels": "synthetic", "stride": 2, "channels": 3}
     write_prepare_json(root, {"version": 1, "status": "done", "args": args, "labels": True, "n_slices": len(df)})
-    export_3d(root, fold=0, z_spacing=spacing[0])
+    export_3d(root, z_spacing=spacing[0])
     return root

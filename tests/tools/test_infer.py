@@ -331,7 +331,7 @@ def test_tools_infer_cli_errors(synth, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------------
 # end to end with real tiny models (the projects' tiny configs, weights freshly initialised and saved as
-# checkpoints exactly as the trainers write them: a state dict, plus the classifier's meta)
+# checkpoints exactly as the trainers write them: a state dict)
 
 
 @pytest.fixture(scope="session")
@@ -340,31 +340,16 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    import segmenters.inference  # noqa: F401  (registers the project's mmseg modules)
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    from gating.classifier import build_classifier
     from gating.crop import yolo_offline_env
-    from segmenters.monai.inference import _load_config
-    from segmenters.monai.volumes import build_model, cfg_get
-    from training.config import load_config, strip_pretrained
+    from training.config import build_model
 
-    cfg = load_config(str(REPO / "mmcfg/unet/unet_effb0_1xb4-40_gitract-128x128.py"))
-    init_default_scope("mmseg")
-    strip_pretrained(cfg.model)
-    torch.save({"state_dict": MODELS.build(cfg.model).state_dict()}, out / "seg.pth")
-    c3 = _load_config(REPO / "mmcfg/monai3d/segresnet-tiny_1xb2-40_synth-32x32x16.py")
-    torch.save({"state_dict": build_model(cfg_get(c3, "model")).state_dict()}, out / "seg3d.pth")
-    meta = {
-        "model": "resnet10t",
-        "model_kwargs": {},
-        "channels": 3,
-        "stride": 2,
-        "img_size": [64, 64],
-        "classes": list(CLASSES),
+    configs = {
+        "seg.pth": "mmcfg/unet/unet_effb0_1xb4-40_gitract-128x128.py",
+        "seg3d.pth": "mmcfg/monai3d/segresnet-tiny_1xb2-40_synth-32x32x16.py",
+        "cls.pth": "mmcfg/gating/cls_resnet10t_1xb16-40_toy-64x64.py",
     }
-    torch.save({"state_dict": build_classifier("resnet10t", in_chans=3).state_dict(), "meta": meta}, out / "cls.pth")
+    for name, config in configs.items():  # any kind is built from its config, as tools/train.py builds it
+        torch.save({"state_dict": build_model(REPO / config).state_dict()}, out / name)
     yolo_offline_env(out / "yolo")
     from ultralytics import YOLO
 

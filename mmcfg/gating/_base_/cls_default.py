@@ -1,16 +1,85 @@
-# Slice classifier defaults (gating.cls_train.DEFAULTS spelt out): timm model, 2.5D input, AdamW, warmup + cosine.
-model = dict(name="efficientnet_b0", pretrained=None, kwargs=dict(drop_rate=0.2, drop_path_rate=0.1))
-data = dict(
-    channels=3,
-    stride=2,
-    img_size=(256, 256),
+# Slice classifier (gating.mm): a timm model with 3 presence logits on 2.5D stacks, trained on the shared engine
+# (tools/train.py). AdamW, linear warm-up then cosine to 1%, best checkpoint by the gate score (cls/score).
+# Top-level shortcuts (training.config.load_config copies them where they belong; one --cfg-options changes all):
+# work, fold, split_variant, img_size, stack (channels -> the datasets and model.in_channels).
+_base_ = ["../../_base_/default_runtime.py", "../../_base_/schedules/iter_based.py"]
+custom_imports = dict(imports=["training.runner", "training.hooks", "gating.mm"], allow_failed_imports=False)
+
+work = None  # WORK folder; None = --work, else $GITRACT_WORK, else work/ under the repository
+fold = 0
+split_variant = "all"  # training side: every slice of the fold's training cases (the fault list applies)
+img_size = (256, 256)
+stack = dict(stride=2, channels=3)  # [i-2, i, i+2], each stack divided by its max
+
+model = dict(
+    type="SliceClassifierModel",
+    model_name="efficientnet_b0",  # any timm model
+    in_channels=3,
+    pretrained=None,  # local file of the timm model's weights; never downloaded
+    drop_rate=0.2,
+    drop_path_rate=0.1,
+    data_preprocessor=dict(type="GIDataPreProcessor"),
+)
+
+train_dataloader = dict(
     batch_size=32,
-    val_batch_size=64,
     num_workers=4,
-    aug=dict(hflip=0.5, affine=0.7, scale=(0.85, 1.15), rotate=15.0, shift=0.06, brightness=0.15),
+    persistent_workers=False,
+    pin_memory=True,
+    sampler=dict(type="InfiniteSampler", shuffle=True),
+    dataset=dict(
+        type="SliceStackDataset",
+        work=work,
+        fold=fold,
+        split="train",
+        variant=split_variant,
+        channels=3,
+        stride=2,
+        img_size=img_size,
+        aug=dict(hflip=0.5, affine=0.7, scale=(0.85, 1.15), rotate=15.0, shift=0.06, brightness=0.15),
+    ),
 )
-optim = dict(lr=1e-3, weight_decay=1e-2, grad_clip=5.0)
-schedule = dict(
-    max_iters=8000, warmup_iters=200, min_lr_ratio=0.01, val_interval=1000, ckpt_interval=500, log_interval=50
+val_dataloader = dict(
+    batch_size=64,
+    num_workers=4,
+    persistent_workers=False,
+    pin_memory=True,
+    sampler=dict(type="DefaultSampler", shuffle=False),
+    dataset=dict(
+        type="SliceStackDataset",
+        work=work,
+        fold=fold,
+        split="val",
+        channels=3,
+        stride=2,
+        img_size=img_size,
+        test_mode=True,
+    ),
 )
-seed = 42
+test_dataloader = val_dataloader
+# cls/score: the competition score of a perfect segmenter behind the gate at `threshold` (evaluation.classification)
+val_evaluator = dict(type="SliceClsMetric", work=work, threshold=0.5)
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(
+    type="OptimWrapper",
+    optimizer=dict(type="AdamW", lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2),
+    clip_grad=dict(max_norm=5.0),
+)
+param_scheduler = [
+    # lr factor (i + 1) / 200 over the first 200 iterations
+    dict(type="LinearLR", start_factor=1 / 200, by_epoch=False, begin=0, end=200),
+    # then cosine down to 1% of the lr; no `end`: mmengine ends it at train_cfg.max_iters
+    dict(type="CosineAnnealingLR", eta_min_ratio=0.01, by_epoch=False, begin=200),
+]
+train_cfg = dict(max_iters=8000, val_interval=1000)
+# best by the gate score (cls/score)
+default_hooks = dict(checkpoint=dict(interval=500, save_best="cls/score"))
+custom_hooks = [
+    dict(type="TrainingCurveHook", keys=("cls/score", "cls/mean_auc")),
+    # the model and input definition in every checkpoint, as plain data (SliceClassifier.load without a config)
+    dict(type="ClsInputMetaHook"),
+    # {work_dir}/oof/cls_probs.csv: the val slices' probabilities by best.pth, after training
+    dict(type="ClsOOFHook"),
+]
+randomness = dict(seed=42)

@@ -1,26 +1,59 @@
-# UW-Madison GI Tract case-day volumes from data_prep's WORK (exports/3d/datalist.json + splits/splits.json).
-# Every volume is resampled in-plane to `resample.size` (H, W); the depth (80 or 144 slices) is kept.
-data = dict(
-    resample=dict(mode="size", size=(256, 256)),  # or dict(mode="spacing", pixdim=(1.5, 1.5)) / dict(mode="none")
-    norm=dict(mode="percentile", percentiles=(0.0, 99.5)),  # per volume; "max" and "zscore" exist too
-    # fraction of the preprocessed training volumes kept in memory (MONAI CacheDataset): about 66 MB per case-day
-    # at 256x256x144 (float32 image + uint8 labels), ~15 GB for a fold; each DDP rank caches only its shard
-    cache_rate=1.0,
+# UW-Madison GI Tract case-day volumes from data_prep's WORK (exports/3d/fold_k/datalist.json + splits/splits.json).
+# The top-level keys work / fold / split_variant are shortcuts that training.config.load_config copies into the
+# datasets (one --cfg-options value changes them all). Every volume is normalised per volume and resampled
+# in-plane to `resample.size` (H, W); the depth (80 or 144 slices) is kept. Keep `norm` and `resample` equal in the
+# training and validation datasets (inference reads those of test_dataloader).
+work = None  # WORK folder; None = --work, else $GITRACT_WORK, else work/ under the repository
+fold = 0
+split_variant = "all"  # the 3D models train on every training case-day of the fold
+
+train_dataloader = dict(
+    batch_size=2,
     num_workers=8,
+    persistent_workers=False,  # PatchStageHook restarts the workers at each patch-size stage
+    pin_memory=True,
+    # an infinite stream in which each draw carries its own seed: resumed runs see the same patches
+    sampler=dict(type="CaseDayPatchSampler", shuffle=True),
+    collate_fn=dict(type="default_collate"),
+    dataset=dict(
+        type="CaseDayPatchDataset",
+        work=work,
+        fold=fold,
+        variant=split_variant,
+        roi_size=(160, 160, 80),  # the first stage of PatchStageHook
+        norm=dict(mode="percentile", percentiles=(0.0, 99.5)),  # per volume; "max" and "zscore" exist too
+        resample=dict(mode="size", size=(256, 256)),  # or dict(mode="spacing", pixdim=(1.5, 1.5)) / dict(mode="none")
+        # fraction of the preprocessed training volumes kept in memory (MONAI CacheDataset): about 66 MB per
+        # case-day at 256x256x144 (float32 image + uint8 labels), ~15 GB for a fold; each DDP rank caches its share
+        cache_rate=1.0,
+        # patches around labels (pos:neg centres), num_samples per case-day (a batch holds batch_size x
+        # num_samples patches), flips on axes (H=0, W=1, D=2), intensity jitter
+        pos=1.0,
+        neg=1.0,
+        num_samples=2,
+        flip_axes=(1, 2),
+        flip_prob=0.5,
+        intensity_prob=0.5,
+        scale_intensity=0.1,
+        shift_intensity=0.1,
+    ),
 )
-# patches around labels (pos:neg centres), flips on axes (H=0, W=1, D=2), intensity jitter
-augment = dict(
-    pos=1.0,
-    neg=1.0,
-    num_samples=2,
-    flip_axes=(1, 2),
-    flip_prob=0.5,
-    intensity_prob=0.5,
-    scale_intensity=0.1,
-    shift_intensity=0.1,
+# whole case-days, one per batch, with the original-size masks for the competition score
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=False,
+    pin_memory=False,
+    sampler=dict(type="DefaultSampler", shuffle=False),
+    dataset=dict(
+        type="CaseDayVolumeDataset",
+        work=work,
+        fold=fold,
+        split="val",
+        norm=dict(mode="percentile", percentiles=(0.0, 99.5)),
+        resample=dict(mode="size", size=(256, 256)),
+    ),
 )
-val = dict(overlap=0.5, mode="gaussian", sw_batch_size=2, threshold=0.5)
-# inference (segmenters/infer_3d.py): sliding window over the resampled volume, Gaussian blending, flip TTA
-infer = dict(
-    roi_size=(224, 224, 80), overlap=0.7, mode="gaussian", sigma_scale=0.125, sw_batch_size=2, tta=("flip",), amp=True
-)
+test_dataloader = val_dataloader
+val_evaluator = dict(type="CaseDay3DMetric", threshold=0.5)
+test_evaluator = val_evaluator
