@@ -76,11 +76,19 @@ def fuse(
             raise ValueError(f"cannot fuse {name} of shape {p.shape} with {names[0]} of shape {shape}")
         if wi == 0:
             continue
-        pf = np.asarray(p, dtype=np.float32)
+        _add_scaled(out, p, wi, name)
+    return out
+
+
+def _add_scaled(out: np.ndarray, probs: np.ndarray, weight: float, name: str) -> None:
+    """``out += weight * probs`` in float32, slice by slice (no temporary of the whole map: large fresh arrays
+    cost more in page faults than the arithmetic); NaN/inf in ``probs`` raise naming ``name``."""
+    w = np.float32(weight)
+    for i in np.ndindex(out.shape[:1]):
+        pf = np.asarray(probs[i], dtype=np.float32)
         if not np.isfinite(pf).all():
             raise ValueError(f"{name}: probability map holds NaN or inf")
-        out += np.float32(wi) * pf
-    return out
+        out[i] += w * pf
 
 
 class WeightedMean:
@@ -108,10 +116,7 @@ class WeightedMean:
             self._first = name
         if weight == 0:
             return
-        pf = np.asarray(probs, dtype=np.float32)
-        if not np.isfinite(pf).all():
-            raise ValueError(f"{name}: probability map holds NaN or inf")
-        self._sum += np.float32(weight) * pf
+        _add_scaled(self._sum, probs, weight, name)
         self._w += float(weight)
 
     @property
@@ -120,10 +125,16 @@ class WeightedMean:
         return self._w
 
     def result(self) -> np.ndarray:
-        """float32 weighted mean; raises ValueError when nothing (or only weight 0) was added."""
+        """float32 weighted mean; raises ValueError when nothing (or only weight 0) was added.
+
+        The mean is divided in place: the accumulator hands its array over and starts empty again.
+        """
         if self._sum is None or self._w <= 0:
             raise ValueError("nothing to fuse: no input with a positive weight")
-        return self._sum / np.float32(self._w)
+        out, w = self._sum, self._w
+        self._sum, self._w, self._first = None, 0.0, ""
+        out /= np.float32(w)
+        return out
 
 
 def apply_keep(probs: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
@@ -367,7 +378,19 @@ def ensemble(
         ``(probs float32 (D, C, H, W), masks bool (D, C, H, W))``: fused and gated probabilities (zeros when every
         weight is 0) and the final masks.
     """
-    fused = fuse_models(maps, fusion["weight_2d"], fusion["weight_3d"])
+    return gate_and_post(fuse_models(maps, fusion["weight_2d"], fusion["weight_3d"]), shape, keep, thresholds, post)
+
+
+def gate_and_post(
+    fused: np.ndarray | None,
+    shape: tuple[int, int, int, int],
+    keep: np.ndarray | None,
+    thresholds: float | Sequence[float],
+    post: Mapping,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rule of :func:`ensemble` after the fusion (the search fuses once per set of weights and calls this for
+    each candidate). ``fused`` (from :func:`fuse_models`, None: nothing had a weight) is not modified.
+    """
     probs = np.zeros(shape, np.float32) if fused is None else fused
     if probs.shape != tuple(shape):
         raise ValueError(f"fused maps of shape {probs.shape}, expected {tuple(shape)}")

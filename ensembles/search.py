@@ -161,32 +161,71 @@ def _apply(
     kinds: dict[str, str],
     cls_probs: np.ndarray | None,
     gate_probs: np.ndarray | None,
+    fused: dict[tuple, np.ndarray | None] | None = None,
 ) -> np.ndarray:
-    """Final masks of one candidate on one case-day: :func:`ensembles.core.ensemble`, as inference runs it."""
+    """Final masks of one candidate on one case-day: :func:`ensembles.core.ensemble`, as inference runs it.
+
+    ``fused``: the case-day's fused maps by fusion weights, read and filled (the candidates of most steps share
+    their weights and differ after the fusion).
+    """
     d, c = next(iter(probs.values())).shape[:2]
     keep = None
     if cls_probs is not None or gate_probs is not None:
         keep = core.gate_keep(params.gate, (d, c), cls_probs=cls_probs, gate_probs=gate_probs)
-    maps = [core.ModelMap(n, kinds[n], params.weights[n], p) for n, p in probs.items()]
     post = {"max_prob_floor": params.floor, "min_component": params.min_component}
     post["component_mode"] = params.component_mode
-    fusion = {"weight_2d": params.weight_2d, "weight_3d": params.weight_3d}
     shape = next(iter(probs.values())).shape
-    return core.ensemble(maps, shape, fusion, keep, params.thresholds, post)[1]
+    key = (tuple(params.weights[n] for n in probs), params.weight_2d, params.weight_3d)
+    if fused is None or key not in fused:
+        maps = [core.ModelMap(n, kinds[n], params.weights[n], p) for n, p in probs.items()]
+        value = core.fuse_models(maps, params.weight_2d, params.weight_3d)
+        if fused is None:
+            return core.gate_and_post(value, shape, keep, params.thresholds, post)[1]
+        fused[key] = value
+    return core.gate_and_post(fused[key], shape, keep, params.thresholds, post)[1]
 
 
-def _eval_task(args: tuple) -> list:
-    cd, files, kinds, gate_files, gate_weights, cls_probs, truth_rows, ids, hw, cands, empty, hausdorff = args
+def _eval_task(args: tuple) -> tuple[list, dict]:
+    """Score the candidates on one case-day; returns the scores and the case-day's distance cache, grown."""
+    cd, files, kinds, gate_files, gate_weights, cls_probs, truth_rows, ids, hw, cands, empty, hausdorff, cache = args
     probs = {name: ProbDir(path).load(cd) for name, path in files.items()}
     gate_probs = None
     if gate_files:
         gate_probs = core.fuse([ProbDir(p).load(cd) for p in gate_files], gate_weights)
     truth = decode_case_day(truth_rows, hw[0], hw[1], ids)
-    return [score_case_day(cd, _apply(p, probs, kinds, cls_probs, gate_probs), truth, empty, hausdorff) for p in cands]
+    fused: dict = {}
+    scores = [
+        score_case_day(
+            cd, _apply(p, probs, kinds, cls_probs, gate_probs, fused), truth, empty, hausdorff, distances=cache
+        )
+        for p in cands
+    ]
+    return scores, cache
+
+
+def _params_key(p: Params) -> tuple:
+    """Equal keys for equal candidates (the search proposes the same point more than once)."""
+    arr = lambda a: tuple(np.asarray(a).ravel().tolist())  # noqa: E731
+    gate = tuple(sorted((k, arr(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in p.gate.items()))
+    return (
+        tuple(sorted(p.weights.items())),
+        p.weight_2d,
+        p.weight_3d,
+        arr(p.thresholds),
+        arr(p.floor),
+        arr(p.min_component),
+        p.component_mode,
+        gate,
+    )
 
 
 class Evaluator:
-    """Evaluates candidate :class:`Params` on the OOF case-days (one pass per call)."""
+    """Evaluates candidate :class:`Params` on the OOF case-days (one pass per call).
+
+    Candidates already scored are not scored again, and each case-day keeps a cache of the Hausdorff distances
+    of the class volumes it has seen (``evaluation.metric.score_case_day(distances=)``): most candidates of a
+    step change the masks of a few classes only, and the distance is most of the cost.
+    """
 
     def __init__(
         self,
@@ -237,9 +276,23 @@ class Evaluator:
             else:
                 shape = np.load(Path(self.where[seg[0]][cd]) / f"{cd}.npy", mmap_mode="r").shape
                 self.hw[cd] = (int(shape[2]), int(shape[3]))
+        #: candidates scored (distinct), and the scores by candidate key
         self.n_evals = 0
+        self._scores: dict[tuple, ScoreResult] = {}
+        self._distances: dict[str, dict] = {cd: {} for cd in self.case_days}
 
-    def __call__(self, cands: Sequence[Params], progress: Callable | None = None) -> list[ScoreResult]:
+    def __call__(self, cands: Sequence[Params]) -> list[ScoreResult]:
+        keys = [_params_key(p) for p in cands]
+        todo: dict[tuple, Params] = {}
+        for k, p in zip(keys, cands):
+            if k not in self._scores:
+                todo.setdefault(k, p)
+        if todo:
+            for k, r in zip(todo, self._score(list(todo.values()))):
+                self._scores[k] = r
+        return [self._scores[k] for k in keys]
+
+    def _score(self, cands: list[Params]) -> list[ScoreResult]:
         def tasks():
             for cd in self.case_days:
                 ids = self.ids[cd]
@@ -261,13 +314,18 @@ class Evaluator:
                     list(cands),
                     self.empty,
                     self.hausdorff,
+                    self._distances[cd],
                 )
 
         if self.workers and self.workers > 1:
             with ProcessPoolExecutor(self.workers) as ex:
-                per_cd = list(ex.map(_eval_task, tasks()))
+                done = list(ex.map(_eval_task, tasks()))
         else:
-            per_cd = [_eval_task(t) for t in tasks()]
+            done = [_eval_task(t) for t in tasks()]
+        per_cd = []
+        for cd, (scores, cache) in zip(self.case_days, done):
+            per_cd.append(scores)
+            self._distances[cd] = cache
         self.n_evals += len(cands)
         return [aggregate([r[i] for r in per_cd], self.empty, self.hausdorff) for i in range(len(cands))]
 

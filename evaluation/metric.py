@@ -44,8 +44,9 @@ rounding (< 1e-12).
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -230,6 +231,29 @@ def hausdorff_reference(pred: np.ndarray, truth: np.ndarray) -> float:
     return max(directed_hausdorff(pa, ta, seed=0)[0], directed_hausdorff(ta, pa, seed=0)[0]) / _SQRT3
 
 
+def mask_digest(mask: np.ndarray) -> bytes:
+    """A 16-byte digest of a bool mask's shape and voxels (equal masks, equal digests)."""
+    h = hashlib.blake2b(repr(mask.shape).encode(), digest_size=16)
+    h.update(np.packbits(np.asarray(mask, dtype=bool), axis=None).tobytes())
+    return h.digest()
+
+
+def _cached(
+    fn: Callable[[np.ndarray, np.ndarray], float], distances: MutableMapping[tuple[int, bytes], float] | None
+) -> Callable[..., float]:
+    """``fn(pred, truth, key)`` that looks the distance up in ``distances`` first (``None``: no cache)."""
+
+    def dist(pred: np.ndarray, truth: np.ndarray, key: int) -> float:
+        if distances is None:
+            return fn(pred, truth)
+        k = (key, mask_digest(pred))
+        if k not in distances:
+            distances[k] = fn(pred, truth)
+        return distances[k]
+
+    return dist
+
+
 @dataclass
 class CaseDayScore:
     """Raw per-case-day numbers, aggregated by :func:`aggregate`.
@@ -256,6 +280,7 @@ def score_case_day(
     empty: str = DEFAULT_EMPTY,
     hausdorff: str = DEFAULT_HAUSDORFF,
     reference: bool = False,
+    distances: MutableMapping[tuple[int, bytes], float] | None = None,
 ) -> CaseDayScore:
     """Score one case-day.
 
@@ -266,6 +291,10 @@ def score_case_day(
         empty: ``"one"`` or ``"skip"``.
         hausdorff: ``"per_class"`` or ``"union"``.
         reference: use the slow all-pairs reference for the Hausdorff (tests, benchmarks).
+        distances: a cache of Hausdorff distances for this ``truth`` and ``hausdorff`` variant, read and filled:
+            key ``(class index, digest of the predicted volume)`` (class ``-1``: the union). A search scores many
+            candidates whose masks of one class are often the same; the distance is then computed once. Never
+            share one cache between two truths or variants.
 
     Returns:
         A :class:`CaseDayScore`.
@@ -282,9 +311,9 @@ def score_case_day(
     valid = ~np.isnan(dice)
     dice_sum = np.where(valid, dice, 0.0).sum(axis=0)
     dice_count = valid.sum(axis=0).astype(np.float64)
-    fn = hausdorff_reference if reference else hausdorff_distance
+    fn = _cached(hausdorff_reference if reference else hausdorff_distance, distances)
     if hausdorff == "union":
-        dist = np.array([fn(pred.any(axis=1), truth.any(axis=1))])
+        dist = np.array([fn(pred.any(axis=1), truth.any(axis=1), key=-1)])
     else:
         # contiguous per-class volumes; classes empty in both skip the volume work
         p_any, t_any = p_cnt.sum(axis=0) > 0, t_cnt.sum(axis=0) > 0
@@ -295,7 +324,7 @@ def score_case_day(
             elif p_any[c] != t_any[c]:
                 dist[c] = 1.0
             else:
-                dist[c] = fn(np.ascontiguousarray(pred[:, c]), np.ascontiguousarray(truth[:, c]))
+                dist[c] = fn(np.ascontiguousarray(pred[:, c]), np.ascontiguousarray(truth[:, c]), key=c)
     if empty == "one":
         dist = np.where(np.isnan(dist), 0.0, dist)
     return CaseDayScore(case_day, dice_sum, dice_count, dist, pred.shape[0])

@@ -63,6 +63,7 @@ from evaluation.classification import aggregate, classification_metrics, gate_sc
 from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF
 from gating.classifier import META_KEY, build_classifier, run_meta, stack_image, write_cls_probs
 from training.checks import load_checked_weights
+from training.runner import GIDataPreProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class SliceClassifierModel(BaseModel):
         init_cfg: dict | None = None,
         **timm_kwargs: Any,
     ) -> None:
-        preprocessor = data_preprocessor or dict(type="GIDataPreProcessor")
+        preprocessor = data_preprocessor or GIDataPreProcessor()
         super().__init__(data_preprocessor=preprocessor, init_cfg=init_cfg)
         try:
             self.timm_model = build_classifier(

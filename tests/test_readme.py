@@ -124,8 +124,8 @@ def test_quickstart_runs_as_written_on_a_generated_tree(tmp_path: Path) -> None:
     for row in sub.itertuples(index=False):
         rle_decode(row.predicted, (64, 64), row_id=row.id)
     # what it printed last is the submission's score, the same as score.json
-    last = r.stdout.strip().splitlines()
-    score_line = next(line for line in last if line.startswith("score "))
+    lines = r.stdout.strip().splitlines()
+    score_line = next(line for line in reversed(lines) if line.startswith("score "))  # python -m ensembles score
     score = float(score_line.split()[1])
     assert 0.0 <= score <= 1.0
     assert yaml.safe_load((runs / "score.json").read_text())["score"] == pytest.approx(score, abs=1e-5)

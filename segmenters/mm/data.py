@@ -232,6 +232,10 @@ def build_albu(cfg: dict | A.BasicTransform) -> A.BasicTransform:
 class AlbuSeg(BaseTransform):
     """Apply one albumentations pipeline to ``img`` and the 3-channel ``gt_masks`` together.
 
+    albumentations draws from a generator of its own, seeded from the operating system unless told otherwise: in each
+    process (the main one, each dataloader worker) it is seeded once from numpy's global generator, which mmengine
+    seeds (``randomness.seed``, one seed per worker), so a run's augmentations are the same every time it runs.
+
     Args:
         transforms: list of ``dict(type='HorizontalFlip', p=0.5)``-style configs (nested ``transforms`` for
             ``OneOf``); geometric transforms move image and mask with the same parameters.
@@ -241,8 +245,12 @@ class AlbuSeg(BaseTransform):
     def __init__(self, transforms: Sequence[dict], p: float = 1.0) -> None:
         self.transforms_cfg = list(transforms)
         self.aug = A.Compose([build_albu(t) for t in transforms], p=p)
+        self._seeded_in: int | None = None  # the process whose global generator seeded ``aug``
 
     def transform(self, results: dict) -> dict:
+        if self._seeded_in != os.getpid():
+            self.aug.set_random_seed(int(np.random.randint(0, 2**31 - 1)))
+            self._seeded_in = os.getpid()
         kwargs = dict(image=results["img"])
         if "gt_masks" in results:
             kwargs["mask"] = results["gt_masks"]

@@ -181,7 +181,7 @@ def test_real_labels_drops_match_an_independent_count(real):
     d = drop_table(man, tail=tail, faulty_case_days=faulty)
     counts = d["reason"].value_counts().to_dict()
     assert counts == {"fault": len(want_fault), "tail": len(want_tail), "noanno": len(want_noanno)}
-    # the slices with any mask: 33,913 non-empty rows spread over them (README of ../shared/data)
+    # the slices with any mask: 33,913 non-empty rows spread over them (the real labels' counts)
     assert int((lab["segmentation"] != "").sum()) == 33913
     assert len(all_ids) - len(want_noanno) == int(man[list(CLASSES)].ne("").any(axis=1).sum())
 

@@ -84,11 +84,19 @@ def test_weighted_mean_equals_fuse():
     acc = core.WeightedMean()
     for m, wi in zip(maps, w):
         acc.add(m, wi * 10)
-    np.testing.assert_allclose(acc.result(), core.fuse(maps, w), atol=1e-6)
     with pytest.raises(ValueError, match="cannot fuse b of shape"):
         acc.add(maps[0][:1], 1.0, "b")
+    np.testing.assert_allclose(acc.result(), core.fuse(maps, w), atol=1e-6)
+    # the accumulator handed its array over and is empty again: a map of another shape starts a new mean
+    assert acc.weight == 0
+    acc.add(maps[0][:1], 2.0)
+    np.testing.assert_array_equal(acc.result(), maps[0][:1].astype(np.float32))
     with pytest.raises(ValueError, match="nothing to fuse"):
         core.WeightedMean().result()
+    bad = maps[1].copy()
+    bad[2, 1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="model x: probability map holds NaN"):
+        acc.add(bad, 1.0, "model x")
 
 
 def test_fuse_models_groups_weights_and_laziness():

@@ -3,6 +3,7 @@ folders whose case-day sets differ."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -15,9 +16,11 @@ import scipy.ndimage as ndi
 import yaml
 
 from data_prep.constants import CLASSES
-from data_prep.rle import rle_encode
-from ensembles.search import parse_oof, run_search
+from data_prep.layout import read_rle_table
+from data_prep.rle import decode_case_day, rle_encode
+from ensembles.search import Evaluator, Params, parse_oof, run_search
 from ensembles.spec import load_spec, validate_spec
+from evaluation.metric import aggregate, score_case_day
 
 REPO = Path(__file__).resolve().parents[2]
 CDS = ["case1_day0", "case1_day1", "case2_day0", "case3_day5"]
@@ -104,6 +107,34 @@ def test_search_improves_and_writes(oof):
     assert "score_before" in (oof / "tuned_report.md").read_text()
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_search(spec, items, oof / "train.csv", oof / "tuned.yaml")
+
+
+def test_evaluator_scores_each_candidate_once_and_equals_the_metric(oof):
+    spec = load_spec(oof / "spec.yaml", root=oof)
+    items = [f"{m}={oof / m / f}" for m in ("good", "bad") for f in ("fold_0", "fold_1")]
+    ev = Evaluator(spec, parse_oof(spec, items), read_rle_table(oof / "train.csv"))
+    base = Params.from_spec(spec, ev.models)
+    low = copy.deepcopy(base)
+    low.thresholds = np.full(3, 0.4)
+    first = ev([base, low, copy.deepcopy(base)])
+    assert ev.n_evals == 2 and first[0] is first[2]
+    assert ev([low])[0] is first[1] and ev.n_evals == 2
+    # each case-day cached one distance per class and candidate whose volume was non-empty on both sides
+    assert all(0 < len(c) <= 6 for c in ev._distances.values())
+    # a candidate whose class masks were all seen before comes from the cache and equals the metric computed anew
+    mixed = copy.deepcopy(base)
+    mixed.thresholds = np.array([0.75, 0.4, 0.75])
+    got = ev([mixed])[0]
+    truth = read_rle_table(oof / "train.csv").set_index("id")
+    manual = []
+    for cd in CDS:
+        probs = {m: np.load(oof / m / ("fold_0" if cd in CDS[:2] else "fold_1") / f"{cd}.npy") for m in ("good", "bad")}
+        fused = (probs["good"].astype(np.float64) + probs["bad"]) / 2
+        pred = fused > mixed.thresholds[None, :, None, None]
+        ids = [f"{cd}_slice_{z + 1:04d}" for z in range(D)]
+        t = decode_case_day(truth.reindex(ids)[list(CLASSES)].fillna("").to_numpy().tolist(), H, W, ids)
+        manual.append(score_case_day(cd, pred, t))
+    assert got.score == pytest.approx(aggregate(manual).score, abs=1e-12)
 
 
 def test_search_refuses_different_case_days(oof):

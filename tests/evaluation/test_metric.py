@@ -19,6 +19,7 @@ from evaluation.metric import (
     dice_per_slice,
     hausdorff_distance,
     hausdorff_reference,
+    mask_digest,
     score_case_day,
     score_volumes,
 )
@@ -132,6 +133,35 @@ def test_union_versus_per_class():
     ref = score_case_day("c", pred, truth, hausdorff="per_class", reference=True)
     assert np.allclose(1 - ref.distance.mean(), per.hausdorff, atol=1e-12)
     assert np.isnan(uni.per_class.set_index("class").loc["stomach", "hausdorff"])
+
+
+def test_distance_cache_is_filled_and_read():
+    rng = np.random.default_rng(3)
+    truth = np.stack([_blobs(rng, (6, 16, 18)) for _ in range(3)], axis=1)
+    pred = np.stack([_blobs(rng, (6, 16, 18)) for _ in range(3)], axis=1)
+    pred[:, 2] = False  # class 2: one side empty, distance 1 without any volume work (nothing cached)
+    plain = score_case_day("c", pred, truth)
+    cache: dict = {}
+    cached = score_case_day("c", pred, truth, distances=cache)
+    np.testing.assert_array_equal(cached.distance, plain.distance)
+    assert sorted(k[0] for k in cache) == [0, 1]
+    assert cache[(1, mask_digest(pred[:, 1]))] == plain.distance[1]
+    # the cache is read: a planted value comes back, and only for the mask it was stored under
+    cache[(0, mask_digest(pred[:, 0]))] = 0.25
+    again = score_case_day("c", pred, truth, distances=cache)
+    assert again.distance.tolist() == [0.25, plain.distance[1], 1.0]
+    moved = pred.copy()
+    moved[2, 0, 0, 0] = ~moved[2, 0, 0, 0]
+    assert score_case_day("c", moved, truth, distances=cache).distance[0] != 0.25
+    assert len(cache) == 3
+    # union: one entry under class -1
+    uni: dict = {}
+    u = score_case_day("c", pred, truth, hausdorff="union", distances=uni)
+    assert (
+        list(k[0] for k in uni) == [-1]
+        and u.distance[0] == score_case_day("c", pred, truth, hausdorff="union").distance[0]
+    )
+    assert mask_digest(pred[:, 0]) != mask_digest(pred[:, 0].reshape(16, 6, 18))  # same voxels, other shape
 
 
 def test_bad_arguments():
