@@ -1,19 +1,7 @@
-# MONAI SegResNet (Myronenko 2018), multi-label: 3 sigmoid channels in CLASSES order; input (B, 1, H, W, D).
+# MONAI SegResNet (Myronenko 2018).
 # Patch and window sizes must be multiples of 2 ** (len(blocks_down) - 1) = 8 on every axis.
-custom_imports = dict(
-    imports=[
-        "training.runner",
-        "training.hooks",
-        "segmenters.monai.model",
-        "segmenters.monai.data",
-        "segmenters.monai.metric",
-        "segmenters.monai.hooks",
-    ],
-    allow_failed_imports=False,
-)
+_base_ = ["./monai3d.py"]
 model = dict(
-    type="Monai3DSegmenter",
-    data_preprocessor=dict(type="Monai3DDataPreprocessor"),
     net=dict(
         type="SegResNet",
         spatial_dims=3,
@@ -24,19 +12,4 @@ model = dict(
         blocks_up=(1, 1, 1),
         dropout_prob=0.2,
     ),
-    loss=dict(type="DiceBCELoss", lambda_dice=1.0, lambda_bce=1.0),
-    prior_prob=0.02,  # output biases start at logit(0.02): organs fill a few % of a volume
-    # inference (tools/infer_3d.py, the ensembles): sliding window over the resampled volume, Gaussian blending,
-    # flip TTA (identity + left-right + slice order), float16 on CUDA
-    test_cfg=dict(
-        roi_size=(224, 224, 80),
-        overlap=0.7,
-        mode="gaussian",
-        sigma_scale=0.125,
-        sw_batch_size=2,
-        tta=("flip",),
-        amp=True,
-    ),
-    # validation during training: the same window with less overlap and no TTA
-    val_cfg=dict(overlap=0.5, tta=()),
 )
