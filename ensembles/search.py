@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -165,8 +166,8 @@ def _apply(
 ) -> np.ndarray:
     """Final masks of one candidate on one case-day: :func:`ensembles.core.ensemble`, as inference runs it.
 
-    ``fused``: the case-day's fused maps by fusion weights, read and filled (the candidates of most steps share
-    their weights and differ after the fusion).
+    ``fused``: the case-day's last fused map, by its fusion weights, read and replaced (the candidates of a step
+    that share their weights, all of them but in the weights step, are fused once; one map is held at a time).
     """
     d, c = next(iter(probs.values())).shape[:2]
     keep = None
@@ -175,13 +176,12 @@ def _apply(
     post = {"max_prob_floor": params.floor, "min_component": params.min_component}
     post["component_mode"] = params.component_mode
     shape = next(iter(probs.values())).shape
+    fused = {} if fused is None else fused
     key = (tuple(params.weights[n] for n in probs), params.weight_2d, params.weight_3d)
-    if fused is None or key not in fused:
+    if key not in fused:
+        fused.clear()
         maps = [core.ModelMap(n, kinds[n], params.weights[n], p) for n, p in probs.items()]
-        value = core.fuse_models(maps, params.weight_2d, params.weight_3d)
-        if fused is None:
-            return core.gate_and_post(value, shape, keep, params.thresholds, post)[1]
-        fused[key] = value
+        fused[key] = core.fuse_models(maps, params.weight_2d, params.weight_3d)
     return core.gate_and_post(fused[key], shape, keep, params.thresholds, post)[1]
 
 
@@ -205,18 +205,21 @@ def _eval_task(args: tuple) -> tuple[list, dict]:
 
 def _params_key(p: Params) -> tuple:
     """Equal keys for equal candidates (the search proposes the same point more than once)."""
-    arr = lambda a: tuple(np.asarray(a).ravel().tolist())  # noqa: E731
-    gate = tuple(sorted((k, arr(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in p.gate.items()))
+    gate = tuple(sorted((k, _flat(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in p.gate.items()))
     return (
         tuple(sorted(p.weights.items())),
         p.weight_2d,
         p.weight_3d,
-        arr(p.thresholds),
-        arr(p.floor),
-        arr(p.min_component),
+        _flat(p.thresholds),
+        _flat(p.floor),
+        _flat(p.min_component),
         p.component_mode,
         gate,
     )
+
+
+def _flat(a: Any) -> tuple:
+    return tuple(np.asarray(a).ravel().tolist())
 
 
 class Evaluator:
