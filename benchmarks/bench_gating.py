@@ -2,10 +2,12 @@
 
 Inference on random uint16 volumes of a real size (266x266, 144 slices by default) through the public APIs
 (``SliceClassifier.predict_volume``, ``Detector.predict_boxes``), after a warm-up, plus classifier training
-steps (mmengine's ``train_step``: preprocessing, forward, BCE loss, backward, gradient clipping and AdamW, batch
-``--train-batch``; AMP on CUDA). Each classifier is the EfficientNet-B0 config with another timm model, input size
-and channel count, built untrained (``training.config.build_model``) and saved as the trainer saves it; a detector
-from ``yolov8n.yaml``: speed does not depend on the weights. Nothing is downloaded.
+steps (mmengine's ``train_step`` with the config's optimizer wrapper: preprocessing, forward, BCE loss, backward,
+gradient clipping and AdamW, batch ``--train-batch``; ``AmpOptimWrapper`` on CUDA, as ``tools/train.py --amp``).
+Each classifier is the EfficientNet-B0 config with another timm model, input size and channel count
+(``--cfg-options``), built untrained (``training.config.build_model``), saved as a bare state dict
+(``{"state_dict": ...}``, no stored definition) and loaded with that config; a detector from ``yolov8n.yaml``:
+speed does not depend on the weights. Nothing is downloaded.
 
     python benchmarks/bench_gating.py                       # CPU, small settings
     python benchmarks/bench_gating.py --device cuda --models efficientnet_b0 convnext_tiny --img 256 --depth 144
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +33,7 @@ import torch
 from common.engine import atomic_torch_save
 from gating.classifier import SliceClassifier
 from gating.crop import Detector, yolo_offline_env
-from training.config import build_model
+from training.config import build_model, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLS_CONFIG = REPO / "mmcfg/gating/cls_efficientnet-b0_1xb32-8k_uwmgi-256x256.py"
@@ -45,21 +48,20 @@ def _volume(depth: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 3000, size=(depth, h, w)).astype(np.uint16)
 
 
-def classifier_config(name: str, args: argparse.Namespace, tmp: Path) -> Path:
-    """A config file: the EfficientNet-B0 classifier config with timm model ``name``, ``--img`` and ``--channels``."""
-    path = tmp / f"cls_{name}.py"
-    path.write_text(
-        f"_base_ = [{str(CLS_CONFIG)!r}]\nmodel = dict(model_name={name!r})\n"
-        f"img_size = ({args.img}, {args.img})\nstack = dict(channels={args.channels})\n"
-    )
-    return path
+def classifier_config(name: str, args: argparse.Namespace) -> Any:
+    """The EfficientNet-B0 classifier config with timm model ``name``, ``--img`` and ``--channels`` (and
+    ``AmpOptimWrapper`` on CUDA), as ``--cfg-options`` would give it."""
+    options = {"model.model_name": name, "img_size": (args.img, args.img), "stack.channels": args.channels}
+    if args.device.startswith("cuda"):
+        options["optim_wrapper.type"] = "AmpOptimWrapper"
+    return load_config(CLS_CONFIG, options)
 
 
 def bench_classifier(name: str, args: argparse.Namespace, tmp: Path) -> dict:
-    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+    from mmengine.optim import build_optim_wrapper
     from mmengine.structures import BaseDataElement
 
-    config = classifier_config(name, args, tmp)
+    config = classifier_config(name, args)
     ckpt = tmp / f"{name}.pth"
     atomic_torch_save({"state_dict": build_model(config).state_dict()}, ckpt)
     clf = SliceClassifier.load(ckpt, args.device, config=config)
@@ -72,11 +74,9 @@ def bench_classifier(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     _sync(args.device)
     infer = args.repeats * len(vol) / (time.perf_counter() - t)
 
-    # training steps, as the Runner runs them (the config's clip_grad, AMP on CUDA)
+    # training steps, as the Runner runs them: the config's optimizer wrapper (optimizer, clip_grad; AMP on CUDA)
     model = build_model(config).to(args.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    wrapper_type = AmpOptimWrapper if args.device.startswith("cuda") else OptimWrapper
-    wrapper = wrapper_type(optimizer=optimizer, clip_grad=dict(max_norm=5.0))
+    wrapper = build_optim_wrapper(model, config.optim_wrapper)
     gen = torch.Generator().manual_seed(0)
     data = dict(
         inputs=[torch.rand(args.channels, args.img, args.img, generator=gen) for _ in range(args.train_batch)],

@@ -1,10 +1,11 @@
 """Peak memory of ``tools/infer.py`` against the size of the test tree: it must not grow with the number of case-days.
 
-Set-up (not measured): tiny models of every kind the ensemble runs (the project's tiny configs, weights freshly
-initialised and saved exactly as the trainers write them: a 2.5D U-Net, a 3D SegResNet, the slice classifier and,
-with ``--detector``, the YOLO crop detector), a spec that uses them all, and synthetic test trees of ``N`` and
-``FACTOR * N`` case-days (one synthetic case-day copied under new case/day names, so every case-day is the same
-size and only their number changes).
+Set-up (not measured): tiny models of every kind the ensemble runs (a 2.5D U-Net, a 3D SegResNet and the slice
+classifier from the project's tiny configs, weights freshly initialised and saved as bare state dicts,
+``{"state_dict": ...}``, the part of a trainer's checkpoint that inference reads, each loaded with its config; with
+``--detector``, an untrained YOLO crop detector saved by ultralytics), a spec that uses them all, and synthetic
+test trees of ``N`` and ``FACTOR * N`` case-days (one synthetic case-day copied under new case/day names, so every
+case-day is the same size and only their number changes).
 
 Measured: ``tools/infer.py`` runs in a child process; its peak resident memory (``ru_maxrss`` of that child, from
 ``os.wait4``) and its wall time, for each tree. The streaming design (one case-day in memory at a time, only the
@@ -41,7 +42,7 @@ CONFIGS = {
 
 
 def make_checkpoints(out: Path, detector: bool) -> dict[str, Path]:
-    """Save untrained tiny models as the trainers do (a state dict); returns kind -> path."""
+    """Save untrained tiny models as bare state dicts (``{"state_dict": ...}``); returns kind -> path."""
     import torch
 
     torch.manual_seed(0)

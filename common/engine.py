@@ -62,6 +62,11 @@ def setup_distributed(launcher: str = "none") -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def default_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``: the default ``--device`` of the tools."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world_size)`` of the current process; ``(0, 1)`` when not distributed."""
     if dist.is_available() and dist.is_initialized():

@@ -32,7 +32,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-import yaml
 
 from common.io import atomic_write_text
 from data_prep.constants import CLASSES
@@ -403,37 +402,6 @@ def read_datalist(work: str | os.PathLike, fold: int) -> dict[str, dict[str, Any
 
 
 YOLO_EXPORT_HINT = "python -m data_prep export yolo --work {work} --fold {fold}"
-
-
-def find_yolo_export(work: str | os.PathLike, fold: int | str | None = None) -> Path:
-    """The ``data.yaml`` of the YOLO export in ``WORK``, checked for the requested fold.
-
-    Looks at ``WORK/exports/yolo/fold_{fold}/data.yaml`` then ``WORK/exports/yolo/data.yaml``.
-
-    Raises:
-        FileNotFoundError: no export (the message names the command that makes it).
-        ValueError: the export was made for another fold.
-    """
-    root = exports_dir(work) / "yolo"
-    fold_s = "all" if fold is None else str(fold)
-    candidates = [root / f"fold_{fold_s}" / "data.yaml", root / "data.yaml"]
-    for cand in candidates:
-        if cand.is_file():
-            meta = yaml.safe_load(cand.read_text()) or {}
-            made_for = meta.get("fold")
-            info = cand.parent / "export.json"  # data_prep records the fold there
-            if made_for is None and info.is_file():
-                made_for = json.loads(info.read_text()).get("fold")
-            if made_for is not None and fold is not None and str(made_for) != fold_s:
-                raise ValueError(
-                    f"{cand} was exported for fold {made_for}, not fold {fold_s}: run "
-                    f"`{YOLO_EXPORT_HINT.format(work=work, fold=fold_s)} --overwrite` to export this fold"
-                )
-            return cand
-    raise FileNotFoundError(
-        f"no YOLO export in {root} (looked for {', '.join(str(c) for c in candidates)}): make it with "
-        f"`{YOLO_EXPORT_HINT.format(work=work, fold=fold_s)}`"
-    )
 
 
 def read_classifier_table(work: str | os.PathLike) -> pd.DataFrame:

@@ -304,6 +304,24 @@ def fold_ids(splits: Mapping[str, Any], fold: int | str, side: str = "train", va
     return list(entry["train"][variant])
 
 
+#: The sides a dataset of a fold reads: the fold's ``train`` side, its ``val`` side, or ``all`` the slices.
+SPLITS: tuple[str, ...] = ("train", "val", "all")
+
+
+def select_ids(work: str | os.PathLike, fold: int | None, split: str, variant: str = "all") -> list[str] | None:
+    """Slice ids of a fold's ``train`` side (filtered by ``variant``) or ``val`` side; ``None`` = every slice
+    (``split='all'`` or ``fold=None``). What every training dataset reads.
+
+    Raises:
+        ValueError: unknown split, fold or variant.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "all" or fold is None:
+        return None
+    return fold_ids(read_splits(work), fold, "val" if split == "val" else "train", variant)
+
+
 def fold_of(splits: Mapping[str, Any]) -> dict[str, int]:
     """Map slice id -> the fold in which it is validated."""
     return {sid: int(f["fold"]) for f in splits["folds"] for sid in f["val"]}

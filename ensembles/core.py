@@ -288,7 +288,8 @@ def fuse_models(maps: Iterable[ModelMap], weight_2d: float, weight_3d: float) ->
     with ``weight_2d`` / ``weight_3d`` (both normalised over what is present).
 
     A model of weight 0, and every model of a group of weight 0, is left out without computing its map; a group
-    whose models all weigh 0 is left out. Memory holds one running sum per group and one map at a time.
+    whose models all weigh 0 is left out. Each map is added once, with its share of the whole, into one running
+    sum: memory holds the sum and one map at a time.
 
     Returns:
         float32 ``(D, C, H, W)``, or None when nothing has a positive weight (the ensemble predicts nothing).
@@ -297,18 +298,22 @@ def fuse_models(maps: Iterable[ModelMap], weight_2d: float, weight_3d: float) ->
         ValueError: unknown kind, negative weight, shapes that differ, NaN in a map (named).
     """
     group_w = {"2.5d": float(weight_2d), "3d": float(weight_3d)}
-    acc = {g: WeightedMean() for g in GROUPS}
+    for g, w in group_w.items():
+        if not (np.isfinite(w) and w >= 0):
+            raise ValueError(f"the {g} group: weight must be finite and >= 0, got {w}")
+    maps = list(maps)
     for m in maps:
         if m.kind not in group_w:
             raise ValueError(f"model {m.name!r}: kind {m.kind!r} is not a fusion group {GROUPS}")
         if not (np.isfinite(m.weight) and m.weight >= 0):
             raise ValueError(f"model {m.name!r}: weight must be finite and >= 0, got {m.weight}")
-        if m.weight > 0 and group_w[m.kind] > 0:
-            acc[m.kind].add(m.load(), m.weight, m.name)
+    # each model's share of the whole: its weight within its group times its group's share of the present groups
+    within = {g: sum(m.weight for m in maps if m.kind == g) for g in GROUPS}
+    present = {g: group_w[g] for g in GROUPS if within[g] > 0 and group_w[g] > 0}
     fused = WeightedMean()
-    for g in GROUPS:
-        if acc[g].weight > 0:
-            fused.add(acc[g].result(), group_w[g], f"the {g} group")
+    for m in maps:
+        if m.weight > 0 and m.kind in present:
+            fused.add(m.load(), present[m.kind] / sum(present.values()) * m.weight / within[m.kind], m.name)
     return fused.result() if fused.weight > 0 else None
 
 

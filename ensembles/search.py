@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections import ChainMap
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -186,8 +187,11 @@ def _apply(
 
 
 def _eval_task(args: tuple) -> tuple[list, dict]:
-    """Score the candidates on one case-day; returns the scores and the case-day's distance cache, grown."""
-    cd, files, kinds, gate_files, gate_weights, cls_probs, truth_rows, ids, hw, cands, empty, hausdorff, cache = args
+    """Score the candidates on one case-day; returns the scores and the distances it computed (the ones in
+    ``known`` are read, not computed again)."""
+    cd, files, kinds, gate_files, gate_weights, cls_probs, truth_rows, ids, hw, cands, empty, hausdorff, known = args
+    new: dict = {}
+    cache = ChainMap(new, known)  # writes go to ``new``
     probs = {name: ProbDir(path).load(cd) for name, path in files.items()}
     gate_probs = None
     if gate_files:
@@ -200,7 +204,7 @@ def _eval_task(args: tuple) -> tuple[list, dict]:
         )
         for p in cands
     ]
-    return scores, cache
+    return scores, new
 
 
 def _params_key(p: Params) -> tuple:
@@ -326,9 +330,9 @@ class Evaluator:
         else:
             done = [_eval_task(t) for t in tasks()]
         per_cd = []
-        for cd, (scores, cache) in zip(self.case_days, done):
+        for cd, (scores, new) in zip(self.case_days, done):
             per_cd.append(scores)
-            self._distances[cd] = cache
+            self._distances[cd].update(new)
         self.n_evals += len(cands)
         return [aggregate([r[i] for r in per_cd], self.empty, self.hausdorff) for i in range(len(cands))]
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -264,6 +264,8 @@ class CaseDayScore:
         distance: per class (``per_class``) or one value (``union``): normalised Hausdorff distance, ``nan`` when
             skipped.
         n_slices: depth ``D``.
+        counts: int64 ``(D, C, 3)``: per slice and class the intersection, predicted and true pixel counts (for
+            :func:`slice_dice_table`; None when not kept).
     """
 
     case_day: str
@@ -271,6 +273,7 @@ class CaseDayScore:
     dice_count: np.ndarray
     distance: np.ndarray
     n_slices: int
+    counts: np.ndarray | None = None
 
 
 def score_case_day(
@@ -306,8 +309,8 @@ def score_case_day(
         raise ValueError(
             f"{case_day}: expected pred and truth of the same shape (D, C, H, W), got {pred.shape} and {truth.shape}"
         )
-    p_cnt, t_cnt = _count_rows(pred), _count_rows(truth)
-    dice = _dice_from_counts(_count_rows(pred & truth), p_cnt + t_cnt, empty)
+    p_cnt, t_cnt, i_cnt = _count_rows(pred), _count_rows(truth), _count_rows(pred & truth)
+    dice = _dice_from_counts(i_cnt, p_cnt + t_cnt, empty)
     valid = ~np.isnan(dice)
     dice_sum = np.where(valid, dice, 0.0).sum(axis=0)
     dice_count = valid.sum(axis=0).astype(np.float64)
@@ -327,7 +330,7 @@ def score_case_day(
                 dist[c] = fn(np.ascontiguousarray(pred[:, c]), np.ascontiguousarray(truth[:, c]), key=c)
     if empty == "one":
         dist = np.where(np.isnan(dist), 0.0, dist)
-    return CaseDayScore(case_day, dice_sum, dice_count, dist, pred.shape[0])
+    return CaseDayScore(case_day, dice_sum, dice_count, dist, pred.shape[0], np.stack([i_cnt, p_cnt, t_cnt], axis=-1))
 
 
 @dataclass
@@ -492,3 +495,16 @@ def slice_dice_table(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> d
         sel = ~empty[:, c]
         out[f"dice_{name}"] = float(d[sel, c].mean()) if sel.any() else float("nan")
     return out
+
+
+def case_day_metrics(
+    records: Sequence[CaseDayScore], empty: str = DEFAULT_EMPTY, hausdorff: str = DEFAULT_HAUSDORFF
+) -> tuple[dict[str, float], ScoreResult]:
+    """What validation logs for whole case-days: the Dice table of :func:`slice_dice_table` over every slice of
+    ``records`` (from :func:`score_case_day`) and ``score``, ``hausdorff``, ``dice_3d`` (the score's Dice part) of
+    :func:`aggregate`; also returns the :class:`ScoreResult`."""
+    c = np.concatenate([r.counts for r in records])
+    metrics = slice_dice_table(c[..., 0], c[..., 1], c[..., 2])
+    res = aggregate(records, empty, hausdorff)
+    metrics.update(score=float(res.score), hausdorff=float(res.hausdorff), dice_3d=float(res.dice))
+    return metrics, res

@@ -30,12 +30,11 @@ import pandas as pd
 import torch
 from mmengine.config import Config
 
-from common.engine import load_weights
 from common.io import atomic_write_bytes
 from data_prep.constants import CLASSES, NUM_CLASSES
 from data_prep.volumes import stack_indices
 from data_prep.work import load_volume, read_manifest
-from training.checks import check_timm_name, load_checked_weights
+from training.checks import check_timm_name, load_checked_weights, timm_pretrained_overlay
 from training.config import build_model, load_config
 
 logger = logging.getLogger(__name__)
@@ -87,25 +86,10 @@ def build_classifier(
     import timm
 
     check_timm_name(name)
-    if not pretrained:
-        return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)
-    path = Path(pretrained)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained weights not found: {path}. Weights are read from local files only (nothing is "
-            "downloaded): put the timm checkpoint there, or set model.pretrained=None to start from scratch."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))  # tensors only by design: no code can run
-    else:
-        state = load_weights(path)  # weights_only=True; a file that would run code is refused, naming it
-    # a state dict overlay: timm adapts the first conv to in_chans and drops a head of another size
-    overlay = dict(state_dict=state, source="", file=None, url=None, hf_hub_id=None)
-    return timm.create_model(
-        name, pretrained=True, pretrained_cfg_overlay=overlay, in_chans=in_chans, num_classes=num_classes, **kwargs
-    )
+    # a local state dict as timm's pretrained source: timm adapts the first conv to in_chans, drops a head of
+    # another size, and downloads nothing
+    weights = timm_pretrained_overlay(pretrained) if pretrained else {"pretrained": False}
+    return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, **weights, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------- inputs
@@ -172,12 +156,12 @@ def run_meta(cfg: Any) -> dict[str, Any]:
     """The model and input definition of a classifier config as plain data, for ``checkpoint["meta"][META_KEY]``
     (written by ``gating.mm.ClsInputMetaHook``): ``{"model": model config dict, "channels", "stride", "img_size",
     "classes"}``. A config is Python, and one stored in a checkpoint is never executed: this is what
-    :meth:`SliceClassifier.load` rebuilds the model from when no config is given."""
+    :meth:`SliceClassifier.load` rebuilds the model from when no config is given (``training.config.build_model``
+    drops ``pretrained``: the weights come from the checkpoint); it refuses one whose ``classes`` differ from
+    ``CLASSES``."""
     channels, stride, img_size = input_definition(cfg, str(cfg.get("filename") or "the run's config"))
-    model = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
-    model["pretrained"] = None  # the weights come from the checkpoint
     return {
-        "model": model,
+        "model": cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model),
         "channels": channels,
         "stride": stride,
         "img_size": list(img_size),
@@ -235,7 +219,6 @@ class SliceClassifier:
             float ``(N, 3)`` of inputs float32 ``(N, channels, h, w)``.
         device: torch device.
         channels, stride, img_size: the input definition it was trained with.
-        config: the ``mmengine.Config`` its model was built from (only ``model`` when loaded without a config).
     """
 
     model: torch.nn.Module
@@ -243,7 +226,6 @@ class SliceClassifier:
     channels: int
     stride: int
     img_size: tuple[int, int]
-    config: Any
 
     @classmethod
     def load(
@@ -269,11 +251,17 @@ class SliceClassifier:
         Raises:
             FileNotFoundError: missing checkpoint or config.
             ValueError: unreadable with ``weights_only=True``, no stored config (and none given), not a classifier
-                config, or weights of another config (``training.checks.CheckpointMismatchError``).
+                config, trained on other classes than ``CLASSES`` (stored ``classes``), or weights of another config
+                (``training.checks.CheckpointMismatchError``).
         """
         import gating.mm  # noqa: F401  (registers SliceClassifierModel; the config's custom_imports does it too)
 
         stored = stored_meta(checkpoint)
+        if stored is not None and "classes" in stored and list(stored["classes"]) != list(CLASSES):
+            raise ValueError(
+                f"{checkpoint} was trained on the classes {list(stored['classes'])}, this code predicts "
+                f"{list(CLASSES)} (in this order): retrain the classifier"
+            )
         if config is None:
             if stored is None:
                 raise ValueError(
@@ -308,7 +296,7 @@ class SliceClassifier:
         model = load_checked_weights(build_model(cfg), checkpoint, source)
         dev = torch.device(device)
         model.to(dev).eval()
-        return cls(model, dev, channels, stride, img_size, cfg)
+        return cls(model, dev, channels, stride, img_size)
 
     @torch.no_grad()
     def predict_volume(self, volume: np.ndarray, batch_size: int = 32) -> np.ndarray:

@@ -5,7 +5,7 @@ training engine (``training.runner.GIRunner``, ``tools/train.py``):
 
 - ``SliceStackDataset`` (DATASETS): one sample per slice of a fold's side (``train``: variant ``all`` of
   ``splits.json`` by default, the fault list applies; ``val``: the fold's val slices, never filtered; ``all``:
-  every slice of the manifest). Input: the 2.5D stack of :func:`gating.classifier.stack_image`, float32
+  every slice of the classifier table). Input: the 2.5D stack of :func:`gating.classifier.stack_image`, float32
   ``(channels, h, w)`` in ``[0, 1]``; training side: light augmentations (:func:`augment`). Targets: the 0/1
   presence columns of ``exports/classifier.csv`` (``data_prep.exports.read_classifier_table``).
 - ``SliceClassifierModel`` (MODELS): a timm model (:func:`gating.classifier.build_classifier`) with
@@ -20,12 +20,12 @@ training engine (``training.runner.GIRunner``, ``tools/train.py``):
 - ``ClsInputMetaHook`` (HOOKS): the model and input definition in every checkpoint as plain data
   (``meta["slice_classifier"]``), so that ``SliceClassifier.load(checkpoint)`` needs no config and runs no code.
 - ``ClsOOFHook`` (HOOKS): after training (rank 0), the out-of-fold probabilities of the val slices by the best
-  checkpoint (``best.pth``) -> ``{work_dir}/oof/cls_probs.csv`` (docs/contracts.md, "Classifier probabilities").
+  checkpoint (``best.pth``) -> ``{work_dir}/oof/cls_probs.csv`` (docs/contracts.md, "Classifier probabilities"),
+  by the inference code (``SliceClassifier.load`` + ``predict_work``).
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import logging
 import os
@@ -37,7 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from mmengine.dataset import BaseDataset, pseudo_collate
+from mmengine.dataset import BaseDataset
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel, is_model_wrapper
@@ -50,19 +50,28 @@ from data_prep.constants import CLASSES, NUM_CLASSES
 from data_prep.exports import read_classifier_table
 from data_prep.volumes import unpack_mask
 from data_prep.work import (
+    SPLITS,
     check_variant,
     check_work,
+    fold_case_days,
     fold_ids,
     has_mask,
     load_mask,
     load_volume,
-    read_manifest,
     read_splits,
+    select_ids,
 )
 from evaluation.classification import aggregate, classification_metrics, gate_score
 from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF
-from gating.classifier import META_KEY, build_classifier, run_meta, stack_image, write_cls_probs
-from training.checks import load_checked_weights
+from gating.classifier import (
+    META_KEY,
+    SliceClassifier,
+    build_classifier,
+    check_ids,
+    predict_work,
+    run_meta,
+    stack_image,
+)
 from training.runner import GIDataPreProcessor
 
 logger = logging.getLogger(__name__)
@@ -77,7 +86,6 @@ __all__ = [
     "augment",
 ]
 
-SPLITS = ("train", "val", "all")
 #: Augmentation settings of the training side and their meaning when absent (no augmentation).
 AUG_KEYS: dict[str, Any] = {
     "hflip": 0.0,  # probability of a left-right flip
@@ -98,32 +106,37 @@ def augment(x: np.ndarray, rng: np.random.Generator, aug: dict[str, Any]) -> np.
     Args:
         x: float32 ``(C, h, w)`` stack in ``[0, 1]``.
         rng: the random generator of this draw.
-        aug: settings, keys of :data:`AUG_KEYS`.
+        aug: settings, every key of :data:`AUG_KEYS` (:class:`SliceStackDataset` fills the missing ones).
 
     Returns:
         float32 ``(C, h, w)``, contiguous.
     """
     c, h, w = x.shape
-    if rng.random() < aug.get("hflip", 0.0):
+    if rng.random() < aug["hflip"]:
         x = x[:, :, ::-1]
-    if rng.random() < aug.get("affine", 0.0):
-        lo, hi = aug.get("scale", (1.0, 1.0))
+    if rng.random() < aug["affine"]:
+        lo, hi = aug["scale"]
         scale = rng.uniform(lo, hi)
-        angle = rng.uniform(-aug.get("rotate", 0.0), aug.get("rotate", 0.0))
-        shift = aug.get("shift", 0.0)
+        angle = rng.uniform(-aug["rotate"], aug["rotate"])
+        shift = aug["shift"]
         m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
         m[:, 2] += rng.uniform(-shift, shift, size=2) * (w, h)
         x = cv2.warpAffine(
             np.ascontiguousarray(x.transpose(1, 2, 0)), m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0
         ).reshape(h, w, c)
         x = x.transpose(2, 0, 1)
-    b = aug.get("brightness", 0.0)
+    b = aug["brightness"]
     if b > 0 and rng.random() < 0.5:
         x = x * rng.uniform(1 - b, 1 + b) + rng.uniform(-b, b) * 0.1
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _check_aug(aug: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The settings with the defaults of :data:`AUG_KEYS` filled in; None when no augmentation is set.
+
+    Raises:
+        ValueError: an unknown key (a close known key is suggested).
+    """
     if not aug:
         return None
     for key in aug:
@@ -131,7 +144,7 @@ def _check_aug(aug: dict[str, Any] | None) -> dict[str, Any] | None:
             close = difflib.get_close_matches(str(key), list(AUG_KEYS), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(AUG_KEYS)}"
             raise ValueError(f"unknown augmentation key train_dataloader.dataset.aug.{key}: {hint}")
-    return dict(aug)
+    return {**AUG_KEYS, **aug}
 
 
 @DATASETS.register_module()
@@ -139,23 +152,21 @@ class SliceStackDataset(BaseDataset):
     """Slices of data_prep's WORK folder as classifier samples.
 
     A sample is ``dict(inputs=float32 tensor (channels, h, w), data_samples=BaseDataElement)``; the element's
-    metainfo holds ``id, case_day, z`` and, with labels, ``gt_label`` float32 ``(3,)`` (0/1 presence, class order
-    ``CLASSES``).
+    metainfo holds ``id, case_day, z`` and its ``gt_label`` is float32 ``(3,)`` (0/1 presence, class order
+    ``CLASSES``, from ``exports/classifier.csv``).
 
     Args:
         work: WORK folder (``manifest.csv``, ``volumes/``, ``splits/splits.json``, ``exports/classifier.csv``).
         fold: the fold (``splits.json``); ignored with ``split="all"``.
-        split: ``train`` (the fold's training side, filtered by ``variant``; the fault list applies), ``val``
-            (the fold's val slices, never filtered) or ``all`` (every slice of the manifest).
+        split: one of ``data_prep.work.SPLITS`` (``data_prep.work.select_ids``): ``train`` (the fold's training
+            side, filtered by ``variant``; the fault list applies), ``val`` (the fold's val slices, never filtered)
+            or ``all`` (every slice of the classifier table).
         variant: training side filter (``all``, ``notail``, ``noanno``); the classifier trains on ``all``.
         channels, stride: the 2.5D stack (``data_prep.volumes.stack_indices``).
         img_size: ``(h, w)`` of the network input (bilinear resize).
         aug: augmentation settings (keys of :data:`AUG_KEYS`), applied unless ``test_mode``; None = none. Each
             draw takes a generator seeded from numpy's global RNG, which mmengine seeds per process and worker
             (``randomness.seed``).
-        with_label: read the labels from ``exports/classifier.csv``; False reads ids from the manifest (an
-            unlabelled tree, no ``gt_label``).
-        case_days: optional subset of case-days.
         **kwargs: mmengine ``BaseDataset`` arguments (``test_mode``, ``serialize_data``, ``lazy_init``, ...).
 
     Raises:
@@ -174,8 +185,6 @@ class SliceStackDataset(BaseDataset):
         stride: int = 2,
         img_size: Sequence[int] = (256, 256),
         aug: dict[str, Any] | None = None,
-        with_label: bool = True,
-        case_days: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if split not in SPLITS:
@@ -196,24 +205,16 @@ class SliceStackDataset(BaseDataset):
         self.channels, self.stride = int(channels), int(stride)
         self.img_size = (int(img_size[0]), int(img_size[1]))
         self.aug = _check_aug(aug)
-        self.with_label = with_label
-        self.case_days = list(case_days) if case_days else None
         self._volumes: dict[str, np.ndarray] = {}
         super().__init__(**kwargs)
 
     def load_data_list(self) -> list[dict]:
-        """One dict per slice: ``id, case_day, z`` and ``gt_label`` float32 ``(3,)`` with labels."""
+        """One dict per slice: ``id, case_day, z`` and ``gt_label`` float32 ``(3,)``."""
         work = check_work(self.work, need_masks=False, need_splits=self.split != "all")
-        if self.with_label:
-            table = read_classifier_table(work)
-        else:
-            table = read_manifest(work)[["id", "case_day", "z"]]
-        if self.split == "all":
-            ids = table["id"].tolist()
-        else:
-            side = "val" if self.split == "val" else "train"
-            ids = fold_ids(read_splits(work), self.fold, side, self.variant)
-        table = table.set_index("id")
+        table = read_classifier_table(work).set_index("id")
+        ids = select_ids(work, self.fold, self.split, self.variant)
+        if ids is None:
+            ids = table.index.tolist()
         missing = [i for i in ids if i not in table.index]
         if missing:
             raise ValueError(
@@ -222,15 +223,11 @@ class SliceStackDataset(BaseDataset):
                 f"`python -m data_prep export classifier --work {work} --overwrite`"
             )
         rows = table.loc[ids]
-        if self.case_days is not None:
-            rows = rows[rows["case_day"].isin(set(self.case_days))]
-        labels = rows[list(CLASSES)].to_numpy(np.float32) if self.with_label else None
-        out = []
-        for i, (sid, r) in enumerate(zip(rows.index, rows.itertuples(index=False))):
-            info = dict(id=str(sid), case_day=str(r.case_day), z=int(r.z))
-            if labels is not None:
-                info["gt_label"] = labels[i]
-            out.append(info)
+        labels = rows[list(CLASSES)].to_numpy(np.float32)
+        out = [
+            dict(id=str(sid), case_day=str(r.case_day), z=int(r.z), gt_label=labels[i])
+            for i, (sid, r) in enumerate(zip(rows.index, rows.itertuples(index=False)))
+        ]
         if not out:
             raise ValueError(f"no slices selected in {work} (fold={self.fold}, split={self.split}, {self.variant})")
         logger.info("%s fold=%s %s/%s: %d slices", work, self.fold, self.split, self.variant, len(out))
@@ -248,8 +245,7 @@ class SliceStackDataset(BaseDataset):
         if self.aug and not self.test_mode:
             x = augment(x, np.random.default_rng(np.random.randint(0, 2**31 - 1)), self.aug)
         sample = BaseDataElement(metainfo=dict(id=info["id"], case_day=info["case_day"], z=info["z"]))
-        if "gt_label" in info:
-            sample.gt_label = torch.as_tensor(np.asarray(info["gt_label"], np.float32))
+        sample.gt_label = torch.as_tensor(np.asarray(info["gt_label"], np.float32))
         return dict(inputs=torch.from_numpy(x), data_samples=sample)
 
 
@@ -452,8 +448,10 @@ class ClsInputMetaHook(Hook):
 class ClsOOFHook(Hook):
     """After training (rank 0): the val slices' probabilities by the best checkpoint -> ``cls_probs.csv``.
 
-    The run's own model is copied and the checkpoint's weights loaded into the copy (``weights_only=True``), so
-    the runner's model is left as it is; the val dataset is predicted in dataset order (every val slice once).
+    The path of test-time inference: ``SliceClassifier.load(checkpoint, device, config=the run's config)`` and
+    :func:`gating.classifier.predict_work` on the fold's val case-days (``data_prep.work.fold_case_days``) of the
+    val dataset's WORK folder, so out-of-fold and test probabilities come from the same code. The file holds
+    exactly the fold's val slices (checked).
 
     Args:
         filename: output path inside the work dir (docs/contracts.md: ``oof/cls_probs.csv``).
@@ -483,22 +481,15 @@ class ClsOOFHook(Hook):
             runner.logger.warning("no val_dataloader: out-of-fold probabilities not written")
             return
         loader = val_loop.dataloader
+        work, fold = loader.dataset.work, loader.dataset.fold
+        splits = read_splits(work)
         net = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        model = copy.deepcopy(net).eval()
-        load_checked_weights(model, best, str(runner.cfg.filename or "the run's config"))
-        dl = torch.utils.data.DataLoader(
-            loader.dataset,
-            batch_size=int(self.batch_size or loader.batch_size or 1),
-            shuffle=False,
-            num_workers=int(loader.num_workers),
-            collate_fn=pseudo_collate,
+        device = next(net.parameters()).device
+        clf = SliceClassifier.load(best, device, config=runner.cfg)
+        batch_size = int(self.batch_size or loader.batch_size or 1)
+        out = predict_work(clf, work, work_dir / self.filename, batch_size, case_days=fold_case_days(splits, fold)[1])
+        check_ids(out["id"], fold_ids(splits, fold, "val"), what=f"out-of-fold probabilities of fold {fold}")
+        del clf
+        runner.logger.info(
+            f"wrote {len(out)} out-of-fold probabilities of {best.resolve().name} to {work_dir / self.filename}"
         )
-        ids, probs = [], []
-        with torch.no_grad():
-            for batch in dl:
-                for s in model.test_step(batch):
-                    ids.append(str(s.id))
-                    probs.append(s.pred_score.float().cpu().numpy())
-        path = write_cls_probs(work_dir / self.filename, ids, np.stack(probs) if probs else np.zeros((0, NUM_CLASSES)))
-        del model
-        runner.logger.info(f"wrote {len(ids)} out-of-fold probabilities of {best.resolve().name} to {path}")

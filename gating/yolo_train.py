@@ -66,6 +66,17 @@ def _set_run_env(run_dir: Path) -> None:
             Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
 
 
+def _check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path:
+    """The run folder may be trained into (``resume`` needs ``last.pt``; a finished run needs ``overwrite``);
+    returns the path of ``last.pt``."""
+    last = out_dir / "weights" / "last.pt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"cannot resume: {last} does not exist")
+    if not resume and (out_dir / "weights" / "best.pt").exists() and not overwrite:
+        raise ValueError(f"{out_dir} already holds a trained detector; pass --overwrite or --resume")
+    return last
+
+
 def train_detector(
     data_yaml: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -85,7 +96,7 @@ def train_detector(
     """Train a YOLO detector and return the path of its ``best.pt``.
 
     Args:
-        data_yaml: the export's ``data.yaml`` (see :func:`data_prep.exports.find_yolo_export`).
+        data_yaml: the export's ``data.yaml`` (:func:`data_prep.exports.export_yolo` returns its path).
         out_dir: run folder; ultralytics writes ``weights/{best,last}.pt``, ``results.csv`` and plots there.
         model: a model YAML (``yolov8n.yaml``, ``yolo11s.yaml``, or a path); never a ``.pt`` name.
         weights: optional local ``.pt`` whose matching weights are loaded before training.
@@ -112,11 +123,7 @@ def train_detector(
         )
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"pretrained detector weights not found: {weights} (local files only)")
-    last = out_dir / "weights" / "last.pt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"cannot resume: {last} does not exist")
-    if not resume and (out_dir / "weights" / "best.pt").exists() and not overwrite:
-        raise ValueError(f"{out_dir} already holds a trained detector; pass --overwrite or --resume")
+    last = _check_run_dir(out_dir, resume, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     _set_run_env(out_dir)
     if device is None:
@@ -190,13 +197,15 @@ def train_detector_folds(
         The ``best.pt`` of every fold trained.
     """
     folds = parse_folds(fold, n_folds_of(read_splits(work)))
+    if work_dir is None:
+        dirs = [REPO_ROOT / "work_dirs" / f"yolo_{Path(model).stem}" / f"fold_{k}" for k in folds]
+    else:
+        dirs = [Path(work_dir) / f"fold_{k}" if len(folds) > 1 else Path(work_dir) for k in folds]
+    for wd in dirs:  # every run folder is checked before any export or training
+        _check_run_dir(wd.resolve(), kwargs.get("resume", False), kwargs.get("overwrite", False))
     out = []
-    for k in folds:
+    for k, wd in zip(folds, dirs):
         data = export_yolo(work, fold=k, overwrite=True, step=step)
-        if work_dir is None:
-            wd = REPO_ROOT / "work_dirs" / f"yolo_{Path(model).stem}" / f"fold_{k}"
-        else:
-            wd = Path(work_dir) / f"fold_{k}" if len(folds) > 1 else Path(work_dir)
         logger.info("fold %d: detector -> %s", k, wd)
         out.append(train_detector(data, wd, model=model, **kwargs))
     return out

@@ -32,7 +32,7 @@ from data_prep.work import (
     read_manifest,
     read_splits,
 )
-from evaluation.metric import aggregate, score_case_day, slice_dice_table
+from evaluation.metric import case_day_metrics, score_case_day
 from training.config import config_name
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def write_work_maps(
         from tqdm import tqdm
 
         items = tqdm(items, desc="case-days", unit="case-day")
-    counts, records = [], []
+    records = []
     for cd, ids in items:
         vol = load_volume(work, cd)
         if vol.shape[0] != len(ids):
@@ -118,16 +118,12 @@ def write_work_maps(
         writer.add(cd, ids, probs)
         if has_mask(work, cd):
             truth = unpack_mask(np.asarray(load_mask(work, cd))).astype(bool)
-            pred = probs > threshold
-            counts.append(np.stack([(pred & truth).sum((2, 3)), pred.sum((2, 3)), truth.sum((2, 3))], axis=-1))
-            records.append(score_case_day(cd, pred, truth))
+            records.append(score_case_day(cd, probs > threshold, truth))
     summary: dict[str, Any] = dict(out=str(out), case_days=len(groups), slices=sum(len(v) for v in groups.values()))
     metrics = None
     if records:
-        c = np.concatenate(counts)
-        metrics = slice_dice_table(c[..., 0], c[..., 1], c[..., 2])
-        res = aggregate(records)
-        metrics.update(score=res.score, hausdorff=res.hausdorff, dice_3d=res.dice, threshold=threshold)
+        metrics, res = case_day_metrics(records)
+        metrics["threshold"] = threshold
         metrics["per_class"] = res.to_dict()["per_class"]
         metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
         summary["metrics"] = metrics

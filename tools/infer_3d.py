@@ -21,7 +21,7 @@ from data_prep.constants import default_work_dir
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path, help="3D config (mmcfg/monai3d/*.py)")
-    p.add_argument("checkpoint", type=Path, help="best.pth or last.pth of a 3D run")
+    p.add_argument("checkpoint", type=Path, help="best.pth (the best by seg3d/score) or iter_N.pth of a 3D run")
     p.add_argument("--work", type=Path, default=None, help="WORK folder (default $GITRACT_WORK or ./work)")
     p.add_argument("--fold", type=int, default=None, help="predict the val case-days of fold K (out-of-fold)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default {checkpoint dir}/oof or /test)")

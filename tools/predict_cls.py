@@ -31,14 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("predict_cls")
 
-    import torch
-
+    from common.engine import default_device
     from gating.classifier import SliceClassifier, predict_work
 
     if args.out.exists() and not args.overwrite:
         log.error("%s exists; pass --overwrite to replace it", args.out)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     try:
         clf = SliceClassifier.load(args.checkpoint, device, config=args.config)
         df = predict_work(clf, args.work or default_work_dir(), args.out, args.batch_size, progress=True)

@@ -21,13 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output folder")
     p.add_argument("--tta", default="hflip", help="comma-separated flips: hflip,vflip; 'none' for no TTA")
     p.add_argument("--boxes", help="crop-box CSV (id, x0, y0, x1, y1)")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when a GPU is visible)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
     args = p.parse_args(argv)
     tta = () if args.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in args.tta.split(","))
 
+    from common.engine import default_device
     from inference.predict import predict_work
     from training.checks import CheckpointMismatchError
     from training.config import parse_cfg_options
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             fold=args.fold,
             out=args.out,
             tta=tta,
-            device=args.device,
+            device=args.device or default_device(),
             batch_size=args.batch_size,
             boxes=args.boxes,
             overwrite=args.overwrite,
@@ -52,12 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(summary, indent=1))
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

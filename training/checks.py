@@ -120,3 +120,34 @@ def load_checked_weights(model: Any, checkpoint: str | os.PathLike, config: str 
     check_state_dict_matches(model.state_dict(), state, checkpoint, str(config))
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=False)
     return model
+
+
+def timm_pretrained_overlay(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``timm.create_model`` keywords that load a local checkpoint: ``pretrained=True`` and a
+    ``pretrained_cfg_overlay`` holding its state dict, with every download source cleared (nothing is downloaded).
+    timm then adapts the first conv to ``in_chans`` and drops a classifier head of another size.
+
+    Args:
+        path: a ``.safetensors`` file (tensors only), or a ``.pth`` / ``.bin`` checkpoint read with
+            ``weights_only=True`` (a bare state dict or one under ``state_dict`` / ``model``).
+
+    Raises:
+        FileNotFoundError: no such file (named; weights are read from local files only).
+        ValueError: a file that cannot be read with ``weights_only=True`` (named).
+    """
+    from common.engine import load_weights
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained weights not found: {path}. Weights are read from local files only (nothing is "
+            "downloaded): put the timm checkpoint there, or set pretrained=None to start from scratch."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))  # tensors only by design: no code can run
+    else:
+        state = load_weights(path)  # weights_only=True; a file that would run code is refused, naming it
+    overlay = dict(state_dict=state, source="", file=None, url=None, hf_hub_id=None)
+    return {"pretrained": True, "pretrained_cfg_overlay": overlay}

@@ -12,11 +12,15 @@ every place that takes them, so that one ``--cfg-options`` value changes them al
 - ``img_size``: ``(H, W)`` of the network input -> ``GIResize`` transforms and datasets with an ``img_size`` key;
 - ``stack``: ``dict(stride, channels, norm)`` -> the keys of it that a dataset or pipeline transform already has
   (``LoadGIStack``, the classifier's dataset), and ``channels`` -> the model's input channels
-  (``model.backbone.in_channels`` or ``model.in_channels``).
+  (``model.backbone.in_channels`` or ``model.in_channels``);
+- ``norm``, ``resample``: the 3D models' volume normalisation and in-plane resampling
+  (:func:`segmenters.monai.volumes.preprocess_image`) -> every dataset that has the key, so that training,
+  validation and inference preprocess alike.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +28,7 @@ from typing import Any
 
 from data_prep.constants import default_work_dir
 
-SHORTCUTS = ("work", "fold", "split_variant", "img_size", "stack", "boxes")
+SHORTCUTS = ("work", "fold", "split_variant", "img_size", "stack", "boxes", "norm", "resample")
 DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
 EVALUATORS = ("val_evaluator", "test_evaluator")
 
@@ -66,6 +70,7 @@ def apply_shortcuts(cfg: Any) -> Any:
             ds["boxes"] = cfg["boxes"]
         if img_size is not None and "img_size" in ds:
             ds["img_size"] = tuple(img_size)
+        _update_present(ds, {k: copy.deepcopy(cfg[k]) for k in ("norm", "resample") if cfg.get(k) is not None})
         _update_present(ds, stack)
         for t in ds.get("pipeline", []) or []:
             _update_present(t, stack)

@@ -102,7 +102,9 @@ def build_train_cfg(
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     _fit_schedule(cfg)
-    if cfg.optim_wrapper.get("type") == "AmpOptimWrapper" and not _cuda():
+    from common.engine import default_device
+
+    if cfg.optim_wrapper.get("type") == "AmpOptimWrapper" and default_device() != "cuda":
         logger.warning("%s: mixed precision needs CUDA; training in float32 (OptimWrapper)", config_name(config))
         cfg.optim_wrapper.type = "OptimWrapper"
         for key in ("loss_scale", "dtype"):
@@ -124,12 +126,6 @@ def _fit_schedule(cfg: Any) -> None:
             "%d parameter scheduler(s) begin after iteration %d: not used", len(schedulers) - len(kept), max_iters
         )
         cfg.param_scheduler = kept
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 class SetupError(ValueError):
@@ -179,7 +175,7 @@ def train_one(cfg: Any) -> Path:
 
     Raises:
         SetupError: a ``FileNotFoundError`` or ``ValueError`` (missing export, unknown model key, checkpoint of
-            another config, ...) raised before the first iteration; later errors propagate as they are.
+            another config, ...) raised before the first iteration completes; later errors propagate as they are.
     """
     from common.engine import is_main_process, setup_distributed
     from common.io import atomic_write_bytes

@@ -15,10 +15,11 @@ model = dict(
 train_dataloader = dict(
     num_workers=0,
     pin_memory=False,
-    dataset=dict(roi_size=(32, 32, 16), resample=dict(size=(48, 48)), num_samples=1, intensity_prob=0.0),
+    dataset=dict(roi_size=(32, 32, 16), num_samples=1, intensity_prob=0.0),
 )
-val_dataloader = dict(num_workers=0, dataset=dict(resample=dict(size=(48, 48))))
+val_dataloader = dict(num_workers=0)
 test_dataloader = val_dataloader
+resample = dict(size=(48, 48))  # every dataset (shortcut)
 optim_wrapper = dict(type="OptimWrapper", optimizer=dict(lr=1e-2), clip_grad=None)
 param_scheduler = [dict(type="CosineAnnealingLR", eta_min_ratio=0.1, by_epoch=False, begin=0)]
 train_cfg = dict(max_iters=40, val_interval=20)

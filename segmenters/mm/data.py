@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network at run time (albumentations' version check)
@@ -31,29 +30,19 @@ from mmseg.structures import SegDataSample
 
 from data_prep.constants import CLASSES, SPLIT_VARIANTS
 from data_prep.volumes import unpack_mask
-from data_prep.work import check_variant, check_work, fold_ids, load_mask, load_volume, read_manifest, read_splits
+from data_prep.work import (
+    SPLITS,
+    check_variant,
+    check_work,
+    load_mask,
+    load_volume,
+    read_manifest,
+    select_ids,
+)
 from gating.crop import crop, read_boxes
 from segmenters.mm.stacks import NORM_MODES, read_stack, resize_image
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "all")
-
-
-def select_ids(work: str | Path, fold: int | None, split: str, variant: str = "all") -> list[str] | None:
-    """Slice ids of a fold's ``train`` (filtered by ``variant``) or ``val`` side; ``None`` = every slice.
-
-    Args:
-        work: WORK folder with ``splits/splits.json``.
-        fold: 0..n_folds-1, or None for every slice (``split='all'``).
-        split: ``train``, ``val`` or ``all``.
-        variant: training filter, one of ``SPLIT_VARIANTS``.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if split == "all" or fold is None:
-        return None
-    return fold_ids(read_splits(work), fold, "val" if split == "val" else "train", variant)
 
 
 @DATASETS.register_module()

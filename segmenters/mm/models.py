@@ -24,7 +24,7 @@ from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
-from training.checks import check_timm_name
+from training.checks import check_timm_name, timm_pretrained_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ class GITimmBackbone(TIMMBackbone):
     Args:
         model_name: timm model name (``efficientnet_b4``, ``tf_efficientnetv2_s``, ``convnext_small``, ...);
             an unknown name is answered with close timm names.
-        pretrained: local checkpoint of the full timm model (a state dict, read with ``weights_only=True``);
-            ``None`` = random init. A missing file is an error; nothing is downloaded.
+        pretrained: local checkpoint of the full timm model (``.safetensors``, or a state dict read with
+            ``weights_only=True``: ``training.checks.timm_pretrained_overlay``); ``None`` = random init. A missing
+            file is an error; nothing is downloaded.
         in_channels: input channels (2.5D stack depth); a 3-channel stem of the pretrained weights is adapted.
         out_indices: feature levels to return (timm ``out_indices``).
         **kwargs: other timm arguments (``drop_path_rate``, ...).
@@ -60,11 +61,9 @@ class GITimmBackbone(TIMMBackbone):
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
         if pretrained:
-            from common.engine import load_weights
-
-            state = load_weights(pretrained)
-            # a state dict overlay: timm adapts the stem to in_channels and drops the classifier; never downloads
-            kwargs["pretrained_cfg_overlay"] = dict(state_dict=state, source="", file=None, url=None, hf_hub_id=None)
+            # a local state dict as timm's pretrained source: timm adapts the stem to in_channels and drops the
+            # classifier; never downloads
+            kwargs["pretrained_cfg_overlay"] = timm_pretrained_overlay(pretrained)["pretrained_cfg_overlay"]
         super().__init__(
             model_name=model_name,
             features_only=True,

@@ -37,17 +37,8 @@ from torch.utils.data import Dataset, Sampler
 
 from data_prep.constants import CLASSES
 from data_prep.exports import read_datalist
-from data_prep.work import check_variant, check_work, fold_case_days, read_splits
-from segmenters.monai.volumes import (
-    DEFAULT_NORM,
-    DEFAULT_RESAMPLE,
-    load_case_day,
-    preprocess_image,
-    preprocess_label,
-    to_dict,
-)
-
-SPLITS: tuple[str, ...] = ("train", "val", "all")
+from data_prep.work import SPLITS, check_variant, check_work, fold_case_days, read_splits
+from segmenters.monai.volumes import check_roi, load_case_day, preprocess_image, preprocess_label, to_dict
 
 
 def fold_entries(work: str | os.PathLike, fold: int, split: str, variant: str = "all") -> list[dict[str, Any]]:
@@ -56,16 +47,17 @@ def fold_entries(work: str | os.PathLike, fold: int, split: str, variant: str = 
 
     Raises:
         FileNotFoundError: WORK not prepared, no splits, or no 3D export of the fold (the messages name the commands).
-        ValueError: unknown split / variant / fold; case-days of the fold missing from the export.
+        ValueError: unknown split / variant / fold (before the export is read), corrupt splits (a case-day on both
+            sides of the fold); case-days of the fold missing from the export.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     check_variant(variant)
     work = check_work(work, need_masks=True, need_splits=True)
+    train, val = fold_case_days(read_splits(work), int(fold), variant)  # an unknown fold raises here
     entries = read_datalist(work, int(fold))
     if split == "all":
         return [entries[cd] for cd in sorted(entries)]
-    train, val = fold_case_days(read_splits(work), int(fold), variant)
     wanted = train if split == "train" else val
     missing = [cd for cd in wanted if cd not in entries]
     if missing:
@@ -76,13 +68,6 @@ def fold_entries(work: str | os.PathLike, fold: int, split: str, variant: str = 
     return [entries[cd] for cd in wanted]
 
 
-def _check_roi(roi_size: Sequence[int], what: str) -> tuple[int, int, int]:
-    roi = tuple(int(r) for r in roi_size)
-    if len(roi) != 3 or min(roi) < 1:
-        raise ValueError(f"{what} must be (H, W, D) with positive ints, got {tuple(roi_size)}")
-    return roi  # type: ignore[return-value]
-
-
 class LoadCaseDayd(T.Transform):
     """Deterministic dict transform (cached by MONAI's ``CacheDataset``): a datalist entry
     ``{"case_day", "image", "label", "spacing"}`` -> ``{"image": float32 (1, h, w, D), "label": uint8 (3, h, w, D),
@@ -91,13 +76,14 @@ class LoadCaseDayd(T.Transform):
 
     Args:
         work: the WORK folder (volumes and masks are read through :mod:`data_prep.work`).
-        norm, resample: see :func:`segmenters.monai.volumes.preprocess_image`.
+        norm, resample: see :func:`segmenters.monai.volumes.preprocess_image` (None: its defaults).
     """
 
-    def __init__(self, work: str | os.PathLike, norm: Mapping[str, Any], resample: Mapping[str, Any]) -> None:
+    def __init__(
+        self, work: str | os.PathLike, norm: Mapping[str, Any] | None, resample: Mapping[str, Any] | None
+    ) -> None:
         self.work = str(work)
-        self.norm = to_dict(dict(norm))
-        self.resample = to_dict(dict(resample))
+        self.norm, self.resample = to_dict(norm), to_dict(resample)
 
     def __call__(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         cd = str(entry["case_day"])
@@ -123,7 +109,7 @@ class CaseDayPatchDataset(Dataset):
         fold: fold index in ``splits.json``.
         variant: training side of the fold (``all``, ``notail``, ``noanno``; the 3D models train on ``all``).
         roi_size: patch ``(H, W, D)`` (:class:`segmenters.monai.hooks.PatchStageHook` changes it per stage).
-        norm, resample: preprocessing (:func:`segmenters.monai.volumes.preprocess_image`).
+        norm, resample: preprocessing (:func:`segmenters.monai.volumes.preprocess_image`; None: its defaults).
         cache_rate: fraction of the case-days kept preprocessed in memory (about 66 MB per case-day at
             256 x 256 x 144); the others are preprocessed at each draw.
         pos, neg: ratio of patch centres on / off labels (``RandCropByPosNegLabeld``).
@@ -187,12 +173,12 @@ class CaseDayPatchDataset(Dataset):
             n = -(-len(entries) // world) * world
             entries = [entries[i % len(entries)] for i in range(n)][rank::world]
         self.case_days = [str(e["case_day"]) for e in entries]
-        load = LoadCaseDayd(self.work, norm or DEFAULT_NORM, resample or DEFAULT_RESAMPLE)
+        load = LoadCaseDayd(self.work, norm, resample)
         # copy_cache=False: the random transforms below never write into their input
         self._cache = CacheDataset(
             entries, load, cache_rate=float(cache_rate), num_workers=None, progress=False, copy_cache=False
         )
-        self.roi_size = _check_roi(roi_size, "train_dataloader.dataset.roi_size")
+        self.roi_size = check_roi(roi_size, {}, "train_dataloader.dataset.roi_size")
         self._augment = self._build_augment(self.roi_size)
         shard = f" (rank {rank} of {world})" if self.sharded else ""
         print_log(
@@ -221,7 +207,7 @@ class CaseDayPatchDataset(Dataset):
     def set_roi_size(self, roi_size: Sequence[int]) -> None:
         """Patch size ``(H, W, D)`` of the samples drawn from now on (in this process: dataloader workers keep
         the copy they started with, see :class:`segmenters.monai.hooks.PatchStageHook`)."""
-        roi = _check_roi(roi_size, "roi_size")
+        roi = check_roi(roi_size, {}, "roi_size")
         if roi != self.roi_size:
             self.roi_size = roi
             self._augment = self._build_augment(roi)
@@ -255,7 +241,7 @@ class CaseDayVolumeDataset(Dataset):
         work: data_prep's WORK folder with ``splits/splits.json`` and the 3D export of ``fold``.
         fold: fold index in ``splits.json``.
         split: ``val`` (the fold's val side), ``train`` or ``all`` (every case-day of the export).
-        norm, resample: preprocessing, as in training.
+        norm, resample: preprocessing, as in training (None: the defaults of ``preprocess_image``).
         case_days: optional subset.
     """
 
@@ -272,8 +258,7 @@ class CaseDayVolumeDataset(Dataset):
         variant: str = "all",
     ) -> None:
         self.work, self.fold, self.split = str(work), int(fold), split
-        self.norm = to_dict(dict(norm or DEFAULT_NORM))
-        self.resample = to_dict(dict(resample or DEFAULT_RESAMPLE))
+        self.norm, self.resample = to_dict(norm), to_dict(resample)
         entries = fold_entries(self.work, self.fold, split, variant)
         if case_days is not None:
             keep = set(case_days)
@@ -326,7 +311,6 @@ class CaseDayPatchSampler(Sampler):
         self.shuffle = bool(shuffle)
         self.seed = int(sync_random_seed() if seed is None else seed)
         self.local = bool(getattr(dataset, "sharded", False)) or self.world_size == 1
-        self.next_draw = 0
         self._stream = self._draws(0)
 
     def _indices(self) -> Iterator[int]:
@@ -342,14 +326,12 @@ class CaseDayPatchSampler(Sampler):
         step = 1 if self.local else self.world_size
         first = start * step + (0 if self.local else self.rank)
         for n, index in enumerate(itertools.islice(self._indices(), first, None, step), start):
-            self.next_draw = n + 1
             yield index, draw_seed(self.seed, self.rank, n)
 
     def restart(self, draw: int) -> None:
         """Continue the stream at draw number ``draw`` of this rank (iteration ``k`` starts at ``k * batch_size``)."""
         if draw < 0:
             raise ValueError(f"draw must be >= 0, got {draw}")
-        self.next_draw = int(draw)
         self._stream = self._draws(int(draw))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:

@@ -55,7 +55,8 @@ def parse_stages(stages: Sequence[Mapping[str, Any]]) -> list[tuple[int, tuple[i
     [(0, (160, 160, 80)), (10000, (224, 224, 80))]
 
     Raises:
-        ValueError: no stage, a stage without ``roi_size`` / ``begin``, no stage at 0, two stages at one iteration.
+        ValueError: no stage, a stage without ``roi_size`` / ``begin``, a ``roi_size`` that is not 3 positive ints, no
+            stage at 0, two stages at one iteration.
     """
     if not stages:
         raise ValueError("PatchStageHook.stages must list at least dict(roi_size=(H, W, D), begin=0)")
@@ -63,17 +64,14 @@ def parse_stages(stages: Sequence[Mapping[str, Any]]) -> list[tuple[int, tuple[i
     for i, s in enumerate(stages):
         if not isinstance(s, Mapping) or "roi_size" not in s or "begin" not in s:
             raise ValueError(f"PatchStageHook.stages[{i}] must be dict(roi_size=(H, W, D), begin=N), got {s!r}")
-        roi = tuple(int(r) for r in s["roi_size"])
-        if len(roi) != 3 or min(roi) < 1:
-            raise ValueError(f"PatchStageHook.stages[{i}].roi_size must be (H, W, D) positive ints, got {roi}")
-        out.append((int(s["begin"]), roi))
+        out.append((int(s["begin"]), check_roi(s["roi_size"], {}, f"PatchStageHook.stages[{i}].roi_size")))
     out.sort()
     begins = [b for b, _ in out]
     if begins[0] != 0:
         raise ValueError(f"PatchStageHook.stages: the first stage must begin at iteration 0, got begins {begins}")
     if len(set(begins)) != len(begins):
         raise ValueError(f"PatchStageHook.stages: two stages begin at the same iteration: {begins}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 @HOOKS.register_module()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,17 +25,6 @@ from segmenters.monai.model import Monai3DSegmenter, SlidingWindow
 from segmenters.monai.volumes import DEFAULT_NORM, DEFAULT_RESAMPLE, preprocess_image, to_dict, tta_variants
 from training.checks import load_checked_weights
 from training.config import build_model, load_config
-
-
-def _config(config: str | os.PathLike | Mapping[str, Any]) -> Any:
-    """A loaded mmengine ``Config`` of a path (shortcuts applied), a ``Config`` or a plain dict."""
-    from mmengine.config import Config
-
-    if isinstance(config, Config):
-        return config
-    if isinstance(config, Mapping):
-        return Config(to_dict(dict(config)))
-    return load_config(config)
 
 
 def preprocessing_of(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -52,9 +41,10 @@ class Segmenter3D:
 
     Args:
         model: the config's :class:`segmenters.monai.model.Monai3DSegmenter` (weights loaded).
-        cfg: the loaded config (``test_dataloader.dataset.norm`` / ``resample``; a plain dict works too).
+        cfg: the loaded config, an mmengine ``Config`` or a plain dict (``test_dataloader.dataset.norm`` /
+            ``resample``).
         device: where the model runs.
-        config_path, checkpoint: where it came from (recorded in probability folders).
+        config_path, checkpoint: where it came from (None: unknown); kept for the caller, not used here.
 
     Attributes:
         window: the sliding window (``model.test_cfg``); ``roi_size``, ``overlap``, ``amp`` and ``default_tta``
@@ -71,7 +61,7 @@ class Segmenter3D:
     ) -> None:
         if not isinstance(model, Monai3DSegmenter):
             raise ValueError(f"Segmenter3D needs a Monai3DSegmenter (the 3D configs' model), got {type(model)}")
-        self.cfg = _config(cfg)
+        self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config_path, self.checkpoint = config_path, checkpoint
@@ -96,20 +86,22 @@ class Segmenter3D:
         return self.window.tta
 
     @classmethod
-    def load(
-        cls, config: str | os.PathLike | Mapping[str, Any], checkpoint: str | os.PathLike, device: str = "cpu"
-    ) -> Segmenter3D:
+    def load(cls, config: str | os.PathLike | Any, checkpoint: str | os.PathLike, device: str = "cpu") -> Segmenter3D:
         """Build the config's model and load ``checkpoint`` (``best.pth``, ``iter_N.pth``; ``weights_only=True``).
+
+        ``config`` is a config path (read with :func:`training.config.load_config`) or an already loaded mmengine
+        ``Config``; :attr:`config_path` is the path (a loaded config's ``filename``; None when it has none).
 
         Raises:
             FileNotFoundError: config or checkpoint missing.
             ValueError: the checkpoint cannot be read weights-only, or its weights do not fit the config's model
                 (``training.checks.CheckpointMismatchError``).
         """
-        cfg = _config(config)
-        name = str(config) if not isinstance(config, Mapping) else "the given config"
-        model = load_checked_weights(build_model(cfg), checkpoint, name)
-        return cls(model, cfg, device, str(config) if not isinstance(config, Mapping) else None, str(checkpoint))
+        loaded = hasattr(config, "model")
+        cfg = config if loaded else load_config(config)
+        path = getattr(cfg, "filename", None) if loaded else str(config)
+        model = load_checked_weights(build_model(cfg), checkpoint, path or "the given config")
+        return cls(model, cfg, device, path, str(checkpoint))
 
     @torch.no_grad()
     def predict_volume(

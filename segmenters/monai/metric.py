@@ -3,7 +3,7 @@
 Registered as ``CaseDay3DMetric`` in mmengine's root ``METRICS`` registry; keys are prefixed ``seg3d/``:
 
 - ``seg3d/score``: ``0.4 * Dice + 0.6 * (1 - Hausdorff)`` (:func:`evaluation.metric.score_case_day` per case-day,
-  :func:`evaluation.metric.aggregate` over them) of the probabilities thresholded at ``threshold``, at every
+  :func:`evaluation.metric.case_day_metrics` over them) of the probabilities thresholded at ``threshold``, at every
   case-day's original slice size; it selects the best checkpoint (``save_best="seg3d/score"``);
 - ``seg3d/hausdorff`` (``1 -`` the normalised distance) and ``seg3d/dice_3d``: the two parts of the score;
 - ``seg3d/dice``, ``seg3d/dice_skip``, ``seg3d/dice_{class}``: the per-slice Dice table
@@ -21,7 +21,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.registry import METRICS
 
 from data_prep.volumes import unpack_mask
-from evaluation.metric import aggregate, score_case_day, slice_dice_table
+from evaluation.metric import CaseDayScore, case_day_metrics, score_case_day
 
 
 @METRICS.register_module()
@@ -65,20 +65,7 @@ class CaseDay3DMetric(BaseMetric):
             truth = unpack_mask(np.asarray(s["gt_mask"])).astype(bool)
             if pred.shape != truth.shape:
                 raise ValueError(f"case-day {cd}: prediction {pred.shape} and truth {truth.shape} differ")
-            self.results.append(
-                dict(
-                    record=score_case_day(str(cd), pred, truth, self.empty, self.hausdorff),
-                    inter=(pred & truth).sum((2, 3)),
-                    psum=pred.sum((2, 3)),
-                    gsum=truth.sum((2, 3)),
-                )
-            )
+            self.results.append(score_case_day(str(cd), pred, truth, self.empty, self.hausdorff))
 
-    def compute_metrics(self, results: list[dict]) -> dict[str, float]:
-        inter = np.concatenate([r["inter"] for r in results])
-        psum = np.concatenate([r["psum"] for r in results])
-        gsum = np.concatenate([r["gsum"] for r in results])
-        metrics = slice_dice_table(inter, psum, gsum)
-        res = aggregate([r["record"] for r in results], self.empty, self.hausdorff)
-        metrics.update(score=float(res.score), hausdorff=float(res.hausdorff), dice_3d=float(res.dice))
-        return metrics
+    def compute_metrics(self, results: list[CaseDayScore]) -> dict[str, float]:
+        return case_day_metrics(results, self.empty, self.hausdorff)[0]

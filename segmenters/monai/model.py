@@ -134,10 +134,11 @@ class Monai3DSegmenter(BaseModel):
         net: ``dict(type="SegResNet" | "DynUNet", **kwargs)`` (:func:`segmenters.monai.volumes.build_net`), or a
             built ``nn.Module`` mapping ``(B, 1, h, w, d)`` to ``(B, 3, h, w, d)`` logits.
         loss: ``dict(type="DiceBCELoss", lambda_dice=1.0, lambda_bce=1.0)`` (default) or ``dict(type="DiceLoss")``.
-        prior_prob: initial foreground probability of every voxel: the bias of each output convolution (one
-            channel per class) starts at ``log(p / (1 - p))`` instead of 0 (a sigmoid of 0.5 everywhere). Organs
-            fill a few percent of a volume; without it short schedules spend their iterations learning that bias
-            and predict nothing above 0.5. None keeps MONAI's initialisation.
+        prior_prob: initial foreground probability of every voxel: :meth:`init_weights` (called by mmengine's
+            Runner when training starts, after ``init_cfg``) sets the bias of each output convolution (one channel
+            per class) to ``log(p / (1 - p))`` instead of 0 (a sigmoid of 0.5 everywhere). Organs fill a few
+            percent of a volume; without it short schedules spend their iterations learning that bias and predict
+            nothing above 0.5. None keeps MONAI's initialisation.
         test_cfg: the sliding window of inference and tests (:class:`SlidingWindow`; ``roi_size`` required).
         val_cfg: keys of ``test_cfg`` replaced during validation (e.g. ``overlap=0.5, tta=()``).
         data_preprocessor: default ``dict(type="Monai3DDataPreprocessor")``.
@@ -164,18 +165,32 @@ class Monai3DSegmenter(BaseModel):
             self.net_cfg = to_dict(dict(net))
             self.net = build_net(self.net_cfg)
         self.loss_fn = build_loss(loss)
-        if prior_prob is not None:
-            if not 0.0 < float(prior_prob) < 1.0:
+        self.prior_prob = None if prior_prob is None else float(prior_prob)
+        if self.prior_prob is not None:
+            if not 0.0 < self.prior_prob < 1.0:
                 raise ValueError(f"model.prior_prob must be in (0, 1), got {prior_prob}")
-            heads = [m for m in self.net.modules() if isinstance(m, nn.Conv3d) and m.out_channels == NUM_CLASSES]
+            heads = self._output_convs()
             if not heads or any(h.bias is None for h in heads):
                 raise ValueError("model.prior_prob needs output convolutions with a bias (one channel per class)")
-            for h in heads:
-                nn.init.constant_(h.bias, math.log(prior_prob / (1.0 - prior_prob)))
         test = to_dict(dict(test_cfg or {}))
         self.test_window = SlidingWindow.from_cfg(test, self.net_cfg, "model.test_cfg")
         val = {**test, **to_dict(dict(val_cfg or {}))}
         self.val_window = SlidingWindow.from_cfg(val, self.net_cfg, "model.val_cfg")
+
+    def _output_convs(self) -> list[nn.Conv3d]:
+        """The network's convolutions with one output channel per class (output block, deep-supervision heads)."""
+        return [m for m in self.net.modules() if isinstance(m, nn.Conv3d) and m.out_channels == NUM_CLASSES]
+
+    def init_weights(self) -> None:
+        """mmengine's initialisation (``init_cfg``), then the ``prior_prob`` biases of the output convolutions.
+
+        mmengine's Runner calls it when training starts (before ``load_from`` / ``--resume`` load their weights);
+        a model built for inference gets its weights from the checkpoint and never needs it.
+        """
+        super().init_weights()
+        if self.prior_prob is not None:
+            for h in self._output_convs():
+                nn.init.constant_(h.bias, math.log(self.prior_prob / (1.0 - self.prior_prob)))
 
     def forward(
         self,

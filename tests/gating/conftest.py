@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from gating_fixtures import make_body_volume
+from train_helpers import write_toy_splits
 
 from data_prep.constants import CLASSES
 from data_prep.exports import export_classifier
 from data_prep.volumes import pack_mask, to_uint8
-from data_prep.work import save_mask, save_volume, write_manifest, write_prepare_json, write_splits_json
+from data_prep.work import save_mask, save_volume, write_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,27 +95,7 @@ def make_toy_work(
             cls_rows.append(dict(id=sid, case_day=cd, z=z, **{c: int(area[i] > 0) for i, c in enumerate(CLASSES)}))
     manifest = pd.DataFrame(rows)
     write_manifest(root, manifest)
-    folds = []
-    for k in range(n_folds):
-        val_cases = [c for c, _ in case_days if (c - 1) % n_folds == k]
-        val = manifest.loc[manifest.case.isin(val_cases), "id"].tolist()
-        train = manifest.loc[~manifest.case.isin(val_cases), "id"].tolist()
-        folds.append(
-            {"fold": k, "val_cases": val_cases, "val": val, "train": {"all": train, "notail": train, "noanno": train}}
-        )
-    splits = {
-        "version": 1,
-        "n_folds": n_folds,
-        "seed": 42,
-        "method": "group",
-        "tail": 5,
-        "tail_before": 0,
-        "faulty_case_days": [],
-        "folds": folds,
-    }
-    write_splits_json(root, splits)
-    args = {"data_root": "synthetic", "split": "train", "labels": "synthetic", "stride": 2, "channels": 3}
-    write_prepare_json(root, {"version": 1, "status": "done", "args": args, "labels": True, "n_slices": len(manifest)})
+    write_toy_splits(root, manifest, n_folds)
     export_classifier(root)
     return root
 
@@ -122,6 +103,12 @@ def make_toy_work(
 @pytest.fixture(scope="session")
 def toy_work(tmp_path_factory) -> Path:
     return make_toy_work(tmp_path_factory.mktemp("toy_work"))
+
+
+@pytest.fixture(scope="session")
+def toy_work_2folds(tmp_path_factory) -> Path:
+    """The toy set with 4 cases in 2 folds (runs over every fold)."""
+    return make_toy_work(tmp_path_factory.mktemp("toy_work_2folds"), n_cases=4, n_folds=2)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ torchrun), inference and files."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from train_helpers import dist_train, load_tool, read_scalars
 
 from data_prep.constants import CLASSES
 from data_prep.volumes import pack_mask, stack_indices
@@ -39,9 +39,11 @@ CONFIGS = {
     "tiny": TINY,
 }
 #: The toy set (tests/gating/conftest.py) puts class c in the c-th vertical third of the image: a left-right flip
-#: would swap the labels of large bowel and stomach, so the toy runs train without augmentation.
+#: would swap the labels of large bowel and stomach, so the toy runs train without augmentation. Nor with dropout or
+#: drop-path: nothing random is drawn during training, so a resumed run can equal an uninterrupted one.
 TOY_CONFIG = f"""_base_ = [{str(TINY)!r}]
 img_size = (32, 32)
+model = dict(drop_rate=0.0, drop_path_rate=0.0)
 train_dataloader = dict(batch_size=12, dataset=dict(aug=None))
 optim_wrapper = dict(optimizer=dict(lr=4e-3, weight_decay=0.0), clip_grad=None)
 param_scheduler = []
@@ -50,21 +52,6 @@ randomness = dict(seed=3)
 #: iterations, validation, checkpoints and logging of the toy runs (tools/train.py --cfg-options)
 OPTS = ["train_cfg.max_iters=24", "train_cfg.val_interval=12", "default_hooks.checkpoint.interval=12",
         "default_hooks.logger.interval=1"]  # fmt: skip
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_gating_tool_{name}", REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _scalars(work_dir: Path) -> list[list[dict]]:
-    """The rows of ``vis_data/scalars.json`` of each run in ``work_dir`` (one list per run, in time order)."""
-    runs = []
-    for f in sorted(work_dir.glob("*/vis_data/scalars.json")):
-        runs.append([json.loads(line) for line in f.read_text().splitlines() if line.strip()])
-    return runs
 
 
 def _toy_config(tmp: Path) -> Path:
@@ -82,7 +69,7 @@ def toy_config(tmp_path_factory) -> Path:
 def trained(toy_work, toy_config, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("cls_run") / "fold_0"
     args = [str(toy_config), "--work", str(toy_work), "--work-dir", str(run), "--device", "cpu"]
-    assert _tool("train").main([*args, "--cfg-options", *OPTS]) == 0
+    assert load_tool("train").main([*args, "--cfg-options", *OPTS]) == 0
     return run
 
 
@@ -111,7 +98,7 @@ def test_pretrained_from_local_file_adapts_channels_and_head(tmp_path, toy_work,
     assert torch.equal(model.timm_model.layer2[0].conv1.weight, src.layer2[0].conv1.weight)
     # tools/train.py refuses a missing pretrained file before anything is built
     args = [str(TINY), "--work", str(toy_work), "--work-dir", str(tmp_path / "run"), "--device", "cpu"]
-    assert _tool("train").main([*args, "--cfg-options", f"model.pretrained={tmp_path / 'none.pth'}"]) == 2
+    assert load_tool("train").main([*args, "--cfg-options", f"model.pretrained={tmp_path / 'none.pth'}"]) == 2
     assert "pretrained weights not found" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -317,11 +304,10 @@ def test_metric_gate_score_on_a_hand_made_case_day(tmp_path):
 
 def test_classifier_beats_chance_and_writes_oof(trained, toy_work):
     run = trained
-    (rows,) = _scalars(run)
+    (rows,) = read_scalars(run)
     assert [r["iter"] for r in rows if "loss" in r] == list(range(1, 25))
     vals = [r for r in rows if "cls/mean_auc" in r]
     assert [r["step"] for r in vals] == [12, 24]
-    assert all(0.0 <= r["cls/score"] <= 1.0 for r in vals)
     assert {f"cls/{k}_{c}" for k in ("auc", "f1") for c in CLASSES} <= set(vals[0])
     assert max(r["cls/mean_auc"] for r in vals) > 0.7, vals  # chance is 0.5
     (best,) = run.glob("best_cls_score_iter_*.pth")
@@ -337,11 +323,17 @@ def test_classifier_beats_chance_and_writes_oof(trained, toy_work):
     val = fold_ids(read_splits(toy_work), 0, "val")
     oof = read_cls_probs(run / "oof" / "cls_probs.csv", expected_ids=val)
     assert oof["id"].tolist() == val
-    truth = pd.read_csv(toy_work / "exports" / "classifier.csv").set_index("id").loc[oof["id"], list(CLASSES)]
-    m = classification_metrics(oof[list(CLASSES)].to_numpy(), truth.to_numpy())
+    table = pd.read_csv(toy_work / "exports" / "classifier.csv").set_index("id").loc[oof["id"]]
+    probs = oof[list(CLASSES)].to_numpy()
+    m = classification_metrics(probs, table[list(CLASSES)].to_numpy())
     logged = next(r for r in vals if r["step"] == best_iter)
     assert m["mean_auc"] == pytest.approx(logged["cls/mean_auc"], abs=1e-4)
     assert m["mean_f1"] == pytest.approx(logged["cls/mean_f1"], abs=1e-4)
+    # the gate score of the out-of-fold probabilities is the logged cls/score of the best checkpoint
+    metric = SliceClsMetric(work=str(toy_work))
+    metric.process(None, [dict(id=i, case_day=r.case_day, z=r.z, pred_score=torch.tensor(p))
+                          for i, r, p in zip(table.index, table.itertuples(), probs)])  # fmt: skip
+    assert metric.evaluate(len(oof))["cls/score"] == pytest.approx(logged["cls/score"], abs=1e-6)
 
 
 def test_slice_classifier_loads_with_and_without_config(trained, toy_work, toy_config, tmp_path, caplog):
@@ -369,6 +361,12 @@ def test_slice_classifier_loads_with_and_without_config(trained, toy_work, toy_c
     manifest = pd.read_csv(toy_work / "manifest.csv")
     assert out["id"].tolist() == manifest["id"].tolist()
     np.testing.assert_allclose(out.set_index("id").loc[ids].to_numpy(), p, atol=1e-5)
+    # a checkpoint of other classes (or another class order) is refused, with or without a config
+    torch.save({**ck, "meta": {**ck["meta"], "slice_classifier": {**stored_def, "classes": CLASSES[::-1]}}},
+               tmp_path / "reordered.pth")  # fmt: skip
+    for config in (None, toy_config):
+        with pytest.raises(ValueError, match=r"trained on the classes \['stomach', 'small_bowel', 'large_bowel'\]"):
+            SliceClassifier.load(tmp_path / "reordered.pth", config=config)
     # a bare state dict needs its config
     torch.save({"state_dict": ck["state_dict"]}, tmp_path / "plain.pth")
     with pytest.raises(ValueError, match=r"no classifier definition .*config="):
@@ -383,7 +381,7 @@ def test_slice_classifier_loads_with_and_without_config(trained, toy_work, toy_c
 
 
 def test_predict_cls_cli_refuses_to_overwrite(trained, toy_work, toy_config, tmp_path):
-    tool = _tool("predict_cls")
+    tool = load_tool("predict_cls")
     out = tmp_path / "cls_probs.csv"
     argv = [str(trained / "best.pth"), "--work", str(toy_work), "--out", str(out), "--device", "cpu"]
     assert tool.main(argv) == 0
@@ -394,16 +392,23 @@ def test_predict_cls_cli_refuses_to_overwrite(trained, toy_work, toy_config, tmp
 
 
 def test_resume_continues_from_last_checkpoint(toy_work, toy_config, tmp_path, capsys):
-    wd = tmp_path / "run"
-    args = [str(toy_config), "--work", str(toy_work), "--work-dir", str(wd), "--device", "cpu", "--cfg-options",
-            "default_hooks.checkpoint.interval=2", "train_cfg.val_interval=100",
-            "default_hooks.logger.interval=1"]  # fmt: skip
-    train = _tool("train")
-    assert train.main([*args, "train_cfg.max_iters=4"]) == 0
-    assert train.main([*args, "train_cfg.max_iters=6"]) == 2  # a run is there: --resume or --overwrite
+    """Stopped at 4 and resumed to 6: the iteration, the optimizer state and the weights go on from the checkpoint,
+    and the final weights equal an uninterrupted run's, tensor for tensor (the toy config draws nothing random
+    during training: no dropout, drop-path or augmentation)."""
+
+    def args(wd: Path, max_iters: int) -> list[str]:
+        return [str(toy_config), "--work", str(toy_work), "--work-dir", str(wd), "--device", "cpu", "--cfg-options",
+                "default_hooks.checkpoint.interval=2", "train_cfg.val_interval=100",
+                "default_hooks.logger.interval=1", f"train_cfg.max_iters={max_iters}"]  # fmt: skip
+
+    ref, wd = tmp_path / "ref", tmp_path / "run"
+    train = load_tool("train")
+    assert train.main(args(ref, 6)) == 0  # the uninterrupted reference run
+    assert train.main(args(wd, 4)) == 0
+    assert train.main(args(wd, 6)) == 2  # a run is there: --resume or --overwrite
     assert "--resume" in capsys.readouterr().err
-    assert train.main([*args, "train_cfg.max_iters=6", "--resume"]) == 0
-    iters = [r["iter"] for rows in _scalars(wd) for r in rows if "loss" in r]
+    assert train.main([*args(wd, 6), "--resume"]) == 0
+    iters = [r["iter"] for rows in read_scalars(wd) for r in rows if "loss" in r]
     assert iters == [1, 2, 3, 4, 5, 6]  # the second run started at 5
     log = "\n".join(p.read_text() for p in sorted(wd.glob("*/*.log")))
     assert re.search(r"resumed from \S*iter_4.pth at iteration 4\b", log)
@@ -411,19 +416,23 @@ def test_resume_continues_from_last_checkpoint(toy_work, toy_config, tmp_path, c
     assert ck["meta"]["iter"] == 6
     # AdamW's step counter went on from the checkpoint: optimizer state was restored, not rebuilt
     assert {int(s["step"]) for s in ck["optimizer"]["state"].values()} == {6}
+    want = torch.load(ref / "iter_6.pth", weights_only=True)["state_dict"]
+    assert ck["state_dict"].keys() == want.keys()
+    for k, v in want.items():
+        assert torch.equal(ck["state_dict"][k], v), f"{k} differs from the uninterrupted run"
     assert json.loads((wd / "done.json").read_text())["iterations"] == 6
     assert (wd / "oof" / "cls_probs.csv").is_file()  # validated at the last iteration, so a best.pth exists
 
 
-def test_fold_all_trains_every_fold(toy_work, toy_config, tmp_path):
-    wd = tmp_path / "all"
-    args = [str(toy_config), "--work", str(toy_work), "--work-dir", str(wd), "--fold", "all", "--device", "cpu",
+def test_fold_all_trains_every_fold(toy_work_2folds, toy_config, tmp_path):
+    work, wd = toy_work_2folds, tmp_path / "all"
+    args = [str(toy_config), "--work", str(work), "--work-dir", str(wd), "--fold", "all", "--device", "cpu",
             "--cfg-options", "train_cfg.max_iters=2", "train_cfg.val_interval=2",
             "default_hooks.checkpoint.interval=2"]  # fmt: skip
-    assert _tool("train").main(args) == 0
-    splits = read_splits(toy_work)
-    assert sorted(p.name for p in wd.iterdir()) == ["fold_0", "fold_1", "fold_2"]
-    for k in range(3):
+    assert load_tool("train").main(args) == 0
+    splits = read_splits(work)
+    assert sorted(p.name for p in wd.iterdir()) == ["fold_0", "fold_1"]
+    for k in range(2):
         run = wd / f"fold_{k}"
         assert json.loads((run / "done.json").read_text())["fold"] == k
         assert (run / "best.pth").is_file()
@@ -432,24 +441,14 @@ def test_fold_all_trains_every_fold(toy_work, toy_config, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(toy_work, toy_config, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     wd = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={29600 + os.getpid() % 300}",
-        str(REPO / "tools" / "train.py"), str(toy_config), "--launcher", "pytorch", "--device", "cpu",
-        "--work", str(toy_work), "--fold", "1", "--work-dir", str(wd),
+    dist_train(toy_config, 2, [
+        "--device", "cpu", "--work", str(toy_work), "--fold", "1", "--work-dir", str(wd),
         "--cfg-options", "train_cfg.max_iters=4", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
         "train_dataloader.batch_size=8", "default_hooks.logger.interval=1",
-    ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    ])  # fmt: skip
     assert torch.load(wd / "iter_4.pth", weights_only=True)["meta"]["iter"] == 4
     read_cls_probs(wd / "oof" / "cls_probs.csv", expected_ids=fold_ids(read_splits(toy_work), 1, "val"))
-    (rows,) = _scalars(wd)
+    (rows,) = read_scalars(wd)
     assert [r["step"] for r in rows if "cls/score" in r] == [2, 4]
     assert [r["iter"] for r in rows if "loss" in r] == [1, 2, 3, 4]

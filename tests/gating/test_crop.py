@@ -179,21 +179,33 @@ def test_detector_load_refuses_missing_weights(tmp_path):
 
 
 def test_missing_export_names_the_command(tmp_path):
-    from data_prep.exports import find_yolo_export
     from gating.yolo_train import parse_overrides, train_detector
 
-    with pytest.raises(FileNotFoundError, match="python -m data_prep export yolo --work .* --fold 3"):
-        find_yolo_export(tmp_path, 3)
+    with pytest.raises(FileNotFoundError, match="python -m data_prep export yolo --work WORK --fold K"):
+        train_detector(tmp_path / "exports" / "yolo" / "data.yaml", tmp_path / "run")
     (tmp_path / "exports" / "yolo").mkdir(parents=True)
     (tmp_path / "exports" / "yolo" / "data.yaml").write_text("path: /x\nfold: 1\n")
-    with pytest.raises(ValueError, match="exported for fold 1"):
-        find_yolo_export(tmp_path, 0)
-    assert find_yolo_export(tmp_path, 1).name == "data.yaml"
     with pytest.raises(ValueError, match="model YAML"):
         train_detector(tmp_path / "exports" / "yolo" / "data.yaml", tmp_path / "run", model="yolov8n.pt")
     with pytest.raises(ValueError, match="did you mean epochs"):
         parse_overrides(["epoch=3"])
     assert parse_overrides(["lr0=0.005", "mosaic=0"]) == {"lr0": 0.005, "mosaic": 0}
+
+
+def test_train_detector_folds_checks_every_run_folder_first(toy_work, tmp_path):
+    from gating.yolo_train import train_detector_folds
+
+    (tmp_path / "runs" / "fold_1" / "weights").mkdir(parents=True)
+    (tmp_path / "runs" / "fold_1" / "weights" / "best.pt").write_bytes(b"x")
+    yolo = toy_work / "exports" / "yolo"
+    before = sorted(p.name for p in yolo.iterdir()) if yolo.exists() else None
+    with pytest.raises(ValueError, match="fold_1 already holds a trained detector; pass --overwrite or --resume"):
+        train_detector_folds(toy_work, "all", work_dir=tmp_path / "runs")
+    # fold 0 was neither exported nor trained: the refusal came before any work
+    assert not (tmp_path / "runs" / "fold_0").exists()
+    assert (sorted(p.name for p in yolo.iterdir()) if yolo.exists() else None) == before
+    with pytest.raises(FileNotFoundError, match="cannot resume: .*fold_0/weights/last.pt"):
+        train_detector_folds(toy_work, "all", work_dir=tmp_path / "runs", resume=True)
 
 
 @pytest.mark.slow

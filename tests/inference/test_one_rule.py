@@ -86,6 +86,9 @@ def test_search_and_inference_give_the_same_masks(gate):
     kinds = {m.name: m.kind for m in spec.models if m.kind in ("2.5d", "3d")}
     searched = _apply(params, maps, kinds, cls_probs if gate["method"] == "classifier" else None, None)
     assert res.masks.any() and (res.masks == searched).all()
+    if gate["method"] == "classifier":  # the gate acted: it emptied some (slice, class) pairs
+        ungated = _apply(params, maps, kinds, None, None)
+        assert ungated.any(axis=(2, 3)).sum() > searched.any(axis=(2, 3)).sum()
 
 
 def test_all_zero_weights_predict_nothing_in_both():

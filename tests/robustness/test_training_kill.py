@@ -1,7 +1,8 @@
 """Training killed with SIGKILL while a checkpoint is being written and in the middle of an iteration, for the
-2.5D segmenter (tools/train.py, mmengine), the slice classifier (tools/train_cls.py) and the 3D segmenter
-(tools/train_3d.py). Each next run with ``--resume`` continues from the last complete checkpoint; the
-half-written checkpoint is never picked up (checkpoints are written to a temporary file and renamed).
+2.5D segmenter, the slice classifier and the 3D segmenter, all on the shared engine (tools/train.py, mmengine; the
+3D reference run goes through its tools/train_3d.py alias). Each next run with ``--resume`` continues from the last
+complete checkpoint; the half-written checkpoint is never picked up (checkpoints are written to a temporary file and
+renamed).
 
 Each chain, 6 iterations with a checkpoint every 2:
   run A: dies half-way through writing the iteration-4 checkpoint      -> the iteration-2 checkpoint is the last
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from robust_helpers import REPO, SEG_OPTS, assert_killed, assert_ok, run_driver, train_iters
+from train_helpers import read_scalars
 
 #: Kill the process half-way through writing the n-th checkpoint whose path contains ``part``: the real
 #: ``atomic_torch_save`` runs, its ``torch.save`` writes half of the bytes into the temporary file, then SIGKILL.
@@ -81,36 +83,37 @@ def _assert_corrupt(path: Path) -> None:
 
 
 #: --cfg-options of the tiny classifier runs: 32x32, 6 iterations, a checkpoint every 2, validation at the end
-#: (the warm-up of 5 iterations changes the lr at every iteration the chain crosses).
+#: (the warm-up of 5 iterations changes the lr at every iteration the chain crosses); no dropout, drop-path or
+#: augmentation, so that nothing random is drawn during training and a resumed chain can equal an uninterrupted run.
 CLS_OPTS = [
     "img_size=(32,32)", "train_dataloader.batch_size=4", "train_cfg.max_iters=6", "train_cfg.val_interval=6",
     "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1", "randomness.seed=0",
+    "model.drop_rate=0.0", "model.drop_path_rate=0.0", "train_dataloader.dataset.aug=None",
 ]  # fmt: skip
 
 
 def _train_lrs(wd: Path) -> list[dict[int, float]]:
     """``{iteration: lr}`` logged by each run of ``wd`` (one dict per run folder, in time order)."""
-    out = []
-    for f in sorted(wd.glob("*/vis_data/scalars.json")):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        out.append({r["iter"]: r["lr"] for r in rows if "loss" in r})
-    return out
+    return [{r["iter"]: r["lr"] for r in rows if "loss" in r} for rows in read_scalars(wd)]
 
 
 def test_classifier_killed_in_save_and_in_iteration_resumes(work, tmp_path):
-    """The slice classifier on the shared engine (tools/train.py, of which tools/train_cls.py is an alias).
+    """The slice classifier on the shared engine (tools/train.py).
 
     Asserted: what mmengine restores exactly: the iteration, the optimizer state (AdamW's step counters go on from
     the checkpoint), the lr schedule (a resumed run logs the lr of the run it continues, iteration for iteration),
-    the message hub (the loss history holds each iteration once, the killed iterations' values never). Not
-    asserted: weights equal to an uninterrupted run's. mmengine re-seeds at start and replays the data order
-    (InfiniteSampler, skipping the trained batches), but the torch RNG state that the killed run's forward passes
-    consumed (dropout / drop-path) and the numpy RNG of the augmentations mid-run are not in a checkpoint.
+    the message hub (the loss history holds each iteration once, the killed iterations' values never), and the
+    final weights equal to an uninterrupted run's, tensor for tensor. mmengine re-seeds at start and replays the data
+    order (InfiniteSampler, skipping the trained batches); the RNG states that dropout, drop-path and the
+    augmentations draw from mid-run are not in a checkpoint, so the runs here have none of them (``CLS_OPTS``).
     """
     cfg = str(REPO / "mmcfg/gating/cls_resnet10t_1xb16-40_toy-64x64.py")
-    wd = tmp_path / "run"
-    args = [cfg, "--work", str(work), "--work-dir", str(wd), "--device", "cpu"]
+    ref, wd = tmp_path / "ref", tmp_path / "run"
     opts = ["--cfg-options", *CLS_OPTS]
+    # the uninterrupted reference run
+    assert_ok(_run_tool(tmp_path, "train.py", [cfg, "--work", str(work), "--work-dir", str(ref), "--device", "cpu",
+                                               *opts], name="ref.py"))  # fmt: skip
+    args = [cfg, "--work", str(work), "--work-dir", str(wd), "--device", "cpu"]
     # A: killed while writing iter_4.pth
     assert_killed(_run_tool(tmp_path, "train.py", [*args, *opts], KILL_IN_SAVE.format(part="iter_", n=2)))
     assert (wd / "iter_2.pth").is_file() and not (wd / "iter_4.pth").exists()
@@ -139,6 +142,10 @@ def test_classifier_killed_in_save_and_in_iteration_resumes(work, tmp_path):
     assert lr_a[1] < lr_a[2] < lr_b[3] < lr_b[4] < lr_c[5]  # the warm-up went on (a restart would give lr_a[1])
     ck6 = torch.load(wd / "iter_6.pth", weights_only=True)
     assert [ck["meta"]["iter"] for ck in (ck2, ck4, ck6)] == [2, 4, 6]
+    want = torch.load(ref / "iter_6.pth", weights_only=True)["state_dict"]
+    assert ck6["state_dict"].keys() == want.keys()
+    for k, v in want.items():
+        assert torch.equal(ck6["state_dict"][k], v), f"{k} differs from the uninterrupted run"
     for n, ck in ((2, ck2), (4, ck4), (6, ck6)):
         assert {int(s["step"]) for s in ck["optimizer"]["state"].values()} == {n}
         assert [s["_global_step"] for s in ck["param_schedulers"]] == [n, n]  # warm-up, cosine

@@ -188,9 +188,13 @@ def test_load_checkpoint_and_mismatch(tmp_path):
     vol = np.random.default_rng(2).integers(0, 4000, size=(8, 24, 24), dtype=np.uint16)
     ref = Segmenter3D(model, cfg).predict_volume(vol, tta=())
     np.testing.assert_array_equal(seg.predict_volume(vol, tta=()), ref)
-    np.testing.assert_array_equal(Segmenter3D.load(cfg, tmp_path / "best.pth").predict_volume(vol, tta=()), ref)
+    by_cfg = Segmenter3D.load(cfg, tmp_path / "best.pth")  # a loaded Config: its file names it, not a dump of it
+    assert by_cfg.config_path == str(TINY) and by_cfg.cfg is cfg
+    np.testing.assert_array_equal(by_cfg.predict_volume(vol, tta=()), ref)
     with pytest.raises(CheckpointMismatchError, match="does not match config"):
         Segmenter3D.load(DEFAULT, tmp_path / "best.pth", "cpu")
+    with pytest.raises(CheckpointMismatchError, match=f"does not match config {DEFAULT}: "):
+        Segmenter3D.load(load_config(DEFAULT), tmp_path / "best.pth", "cpu")
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         Segmenter3D.load(TINY, tmp_path / "missing.pth", "cpu")
     with pytest.raises(ValueError, match=r"\(D, H, W\)"):

@@ -3,7 +3,6 @@ that match the manifest; tools/dist_train.sh runs 2 processes over gloo."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from seg_fixtures import REPO, TINY_UPERNET
+from train_helpers import dist_train, load_tool, read_scalars
 
 import segmenters.mm  # noqa: F401  (mmcv-lite shim before mmseg)
 
@@ -30,18 +30,12 @@ OPTS = [
 ]
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"seg_{name}_tool", REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_tool = load_tool  # the tests below call it by this name
 
 
 def _scalars(work_dir) -> list[dict]:
-    rows = []
-    for f in sorted(work_dir.glob("*/vis_data/scalars.json")):
-        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return rows
+    """The logged rows of every run of ``work_dir``, in time order (a resumed run's after the first)."""
+    return [row for run in read_scalars(work_dir) for row in run]
 
 
 @pytest.fixture(scope="module")
@@ -143,26 +137,12 @@ def test_segmenter_keep_and_boxes(trained, seg_work) -> None:
     assert full.shape == (3, 3, 80, 96) and (full > 0).all()
 
 
+@pytest.mark.slow
 def test_dist_train_two_cpu_processes(seg_work, tmp_path) -> None:
     wd = tmp_path / "dist"
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(29500 + os.getpid() % 1000), CUDA_VISIBLE_DEVICES="")
-    cmd = [
-        str(REPO / "tools" / "dist_train.sh"),
-        str(TINY_UPERNET),
-        "2",
-        "--work",
-        str(seg_work),
-        "--work-dir",
-        str(wd),
-        "--cfg-options",
-        "img_size=(64,64)",
-        "train_dataloader.batch_size=2",
-        "train_cfg.max_iters=3",
-        "train_cfg.val_interval=3",
-        "default_hooks.checkpoint.interval=3",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    opts = ["img_size=(64,64)", "train_dataloader.batch_size=2", "train_cfg.max_iters=3", "train_cfg.val_interval=3"]
+    opts += ["default_hooks.checkpoint.interval=3"]
+    dist_train(TINY_UPERNET, 2, ["--work", str(seg_work), "--work-dir", str(wd), "--cfg-options", *opts], timeout=240)
     assert sorted(p.name for p in wd.glob("iter_*.pth")) == ["iter_3.pth"]
     log = next(wd.glob("*/*.log")).read_text()
     assert "Distributed training: True" in log and "GPU number: 2" in log

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from train_helpers import write_toy_splits
 
 from data_prep.constants import CLASSES, slice_id
 from data_prep.exports import export_3d
-from data_prep.work import manifest_path, save_mask, save_volume, write_manifest, write_prepare_json, write_splits_json
+from data_prep.work import manifest_path, save_mask, save_volume, write_manifest
 
 #: Class intensities (uint16) of the synthetic anatomy, in CLASSES order.
 _INTENSITY = (1400, 2200, 3000)
@@ -81,7 +82,7 @@ def make_synthetic_work(
     if manifest_path(root).exists():
         raise FileExistsError(f"{manifest_path(root)} exists; choose an empty folder")
     rng = np.random.default_rng(seed)
-    rows, by_case = [], {}
+    rows = []
     k = 0
     for case in range(1, n_cases + 1):
         for day in range(days_per_case):
@@ -92,7 +93,6 @@ def make_synthetic_work(
             vol, mask = synth_case_day(depth, h, w, rng)
             save_volume(root, cd, vol)
             save_mask(root, cd, mask)
-            by_case.setdefault(case, []).append(cd)
             for z in range(depth):
                 row = {
                     "id": slice_id(case, day, z + 1),
@@ -115,32 +115,6 @@ def make_synthetic_work(
                 rows.append(row)
     df = pd.DataFrame(rows)
     write_manifest(root, df)
-    ids_of = df.groupby("case_day")["id"].apply(list).to_dict()
-    folds = []
-    for f in range(n_folds):
-        val_cases = [c for c in by_case if (c - 1) % n_folds == f]
-        val_ids = [i for c in val_cases for cd in by_case[c] for i in ids_of[cd]]
-        train_ids = [i for c in by_case if c not in val_cases for cd in by_case[c] for i in ids_of[cd]]
-        folds.append(
-            {
-                "fold": f,
-                "val_cases": val_cases,
-                "val": val_ids,
-                "train": {"all": train_ids, "notail": train_ids, "noanno": train_ids},
-            }
-        )
-    splits = {
-        "version": 1,
-        "n_folds": n_folds,
-        "seed": seed,
-        "method": "group",
-        "tail": 5,
-        "tail_before": 0,
-        "faulty_case_days": [],
-        "folds": folds,
-    }
-    write_splits_json(root, splits)
-    args = {"data_root": "synthetic", "split": "train", "labels": "synthetic", "stride": 2, "channels": 3}
-    write_prepare_json(root, {"version": 1, "status": "done", "args": args, "labels": True, "n_slices": len(df)})
+    write_toy_splits(root, df, n_folds, seed)
     export_3d(root, z_spacing=spacing[0])
     return root

@@ -1,7 +1,7 @@
 # Iteration-based training, shared by every model kind (2.5D, classifier, 3D): the loops and the default hooks.
 # A kind's schedule sets the optimizer, the parameter schedulers, the lengths and the score that picks the best
 # checkpoint (default_hooks.checkpoint.save_best: gi/score, cls/score, seg3d/score).
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=20000, val_interval=2000)
+train_cfg = dict(type="IterBasedTrainLoop")
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")
 default_hooks = dict(
@@ -13,7 +13,6 @@ default_hooks = dict(
     checkpoint=dict(
         type="CheckpointHook",
         by_epoch=False,
-        interval=2000,
         max_keep_ckpts=2,
         save_last=True,
         save_best=None,

@@ -1,11 +1,13 @@
 # UW-Madison GI Tract case-day volumes from data_prep's WORK (exports/3d/fold_k/datalist.json + splits/splits.json).
-# The top-level keys work / fold / split_variant are shortcuts that training.config.load_config copies into the
-# datasets (one --cfg-options value changes them all). Every volume is normalised per volume and resampled
-# in-plane to `resample.size` (H, W); the depth (80 or 144 slices) is kept. Keep `norm` and `resample` equal in the
-# training and validation datasets (inference reads those of test_dataloader).
+# The top-level keys work / fold / split_variant / norm / resample are shortcuts that training.config.load_config
+# copies into the datasets (one --cfg-options value changes them all). Every volume is normalised per volume and
+# resampled in-plane to `resample.size` (H, W); the depth (80 or 144 slices) is kept. Training, validation and
+# inference (test_dataloader) all preprocess with the top-level `norm` and `resample`.
 work = None  # WORK folder; None = --work, else $GITRACT_WORK, else work/ under the repository
 fold = 0
 split_variant = "all"  # the 3D models train on every training case-day of the fold
+norm = dict(mode="percentile", percentiles=(0.0, 99.5))  # per volume; "max" and "zscore" exist too
+resample = dict(mode="size", size=(256, 256))  # or dict(mode="spacing", pixdim=(1.5, 1.5)) / dict(mode="none")
 
 train_dataloader = dict(
     batch_size=2,
@@ -21,8 +23,8 @@ train_dataloader = dict(
         fold=fold,
         variant=split_variant,
         roi_size=(160, 160, 80),  # the first stage of PatchStageHook
-        norm=dict(mode="percentile", percentiles=(0.0, 99.5)),  # per volume; "max" and "zscore" exist too
-        resample=dict(mode="size", size=(256, 256)),  # or dict(mode="spacing", pixdim=(1.5, 1.5)) / dict(mode="none")
+        norm=norm,
+        resample=resample,
         # fraction of the preprocessed training volumes kept in memory (MONAI CacheDataset): about 66 MB per
         # case-day at 256x256x144 (float32 image + uint8 labels), ~15 GB for a fold; each DDP rank caches its share
         cache_rate=1.0,
@@ -50,8 +52,8 @@ val_dataloader = dict(
         work=work,
         fold=fold,
         split="val",
-        norm=dict(mode="percentile", percentiles=(0.0, 99.5)),
-        resample=dict(mode="size", size=(256, 256)),
+        norm=norm,
+        resample=resample,
     ),
 )
 test_dataloader = val_dataloader
