@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep.constants import CLASSES, NUM_CLASSES
+from data_prep.constants import NUM_CLASSES
+from data_prep.dataset import pack_masks, unpack_masks
 
 
 def stack_indices(z: int, depth: int, stride: int = 2, channels: int = 3) -> np.ndarray:
@@ -66,38 +67,16 @@ def stack_25d(volume: np.ndarray, z: int, stride: int = 2, channels: int = 3) ->
     return np.ascontiguousarray(volume[stack_indices(z, volume.shape[0], stride, channels)])
 
 
-def pack_mask(masks: np.ndarray) -> np.ndarray:
-    """Pack binary class masks into a bit field.
-
-    Args:
-        masks: ``(..., C, H, W)`` with ``C == len(CLASSES)``; any non-zero value is foreground.
-
-    Returns:
-        uint8 ``(..., H, W)``: bit ``c`` set where ``masks[..., c, :, :]`` is non-zero.
-    """
-    masks = np.asarray(masks)
-    if masks.ndim < 3 or masks.shape[-3] != NUM_CLASSES:
-        raise ValueError(f"masks must be (..., {NUM_CLASSES}, H, W) in the order {CLASSES}, got shape {masks.shape}")
-    out = np.zeros(masks.shape[:-3] + masks.shape[-2:], dtype=np.uint8)
-    for c in range(NUM_CLASSES):
-        out |= (masks[..., c, :, :] != 0).astype(np.uint8) << np.uint8(c)
-    return out
+def pack_mask(masks: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Pack binary class masks ``(..., C, H, W)`` (``C == num_classes``, any non-zero is foreground) into a bit
+    field ``(..., H, W)`` (uint8 up to 8 classes; :func:`data_prep.dataset.pack_masks`)."""
+    return pack_masks(masks, num_classes, "overlapping")
 
 
-def unpack_mask(packed: np.ndarray) -> np.ndarray:
-    """Unpack a bit field into binary class masks.
-
-    Args:
-        packed: uint8 ``(..., H, W)`` bit field (e.g. a slice or the whole memmap of :func:`data_prep.work.load_mask`).
-
-    Returns:
-        uint8 ``(..., C, H, W)`` with values 0/1, channels in the order of ``CLASSES``.
-    """
-    packed = np.asarray(packed)
-    if packed.ndim < 2:
-        raise ValueError(f"packed mask must be (..., H, W), got shape {packed.shape}")
-    bits = np.arange(NUM_CLASSES, dtype=np.uint8).reshape((NUM_CLASSES, 1, 1))
-    return (packed[..., None, :, :] >> bits) & np.uint8(1)
+def unpack_mask(packed: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Unpack a bit field ``(..., H, W)`` into uint8 0/1 class masks ``(..., C, H, W)`` in class order.
+    For a WORK of any label kind use ``data_prep.work.read_dataset(work).unpack``."""
+    return unpack_masks(packed, num_classes, "overlapping")
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -24,15 +24,17 @@ import pandas as pd
 
 from common.io import atomic_save_npy, atomic_write_text
 from data_prep.constants import DEFAULT_FOLDS, SPLIT_VARIANTS, case_day_of
+from data_prep.dataset import KAGGLE, DatasetInfo
 
 PREPARE_JSON = "prepare.json"
+DATASET_JSON = "dataset.json"
 MANIFEST_CSV = "manifest.csv"
 VOLUMES_DIR = "volumes"
 MASKS_DIR = "masks"
 SPLITS_DIR = "splits"
 EXPORTS_DIR = "exports"
 #: What ``prepare`` makes in WORK (cleared by its ``overwrite``); nothing else there is touched.
-OWNED: tuple[str, ...] = (PREPARE_JSON, MANIFEST_CSV, VOLUMES_DIR, MASKS_DIR, SPLITS_DIR, EXPORTS_DIR)
+OWNED: tuple[str, ...] = (PREPARE_JSON, DATASET_JSON, MANIFEST_CSV, VOLUMES_DIR, MASKS_DIR, SPLITS_DIR, EXPORTS_DIR)
 #: The command that makes a WORK folder, named in every "not prepared" error.
 PREPARE_HINT = "python -m data_prep prepare --data-root DATA_ROOT --out {work}"
 
@@ -45,13 +47,14 @@ def prepare_hint(work: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------------------------------------- paths
 
 
-def volume_path(work: str | os.PathLike, case_day: str) -> Path:
-    """``WORK/volumes/{case_day}.npy``: uint16 ``(D, H, W)``."""
-    return Path(work) / VOLUMES_DIR / f"{case_day}.npy"
+def volume_path(work: str | os.PathLike, case_day: str, channel: int = 0) -> Path:
+    """``WORK/volumes/{case_day}.npy`` (channel 0) or ``{case_day}_ch{k}.npy`` (channel k): uint16 ``(D, H, W)``."""
+    name = f"{case_day}.npy" if channel == 0 else f"{case_day}_ch{int(channel)}.npy"
+    return Path(work) / VOLUMES_DIR / name
 
 
 def mask_path(work: str | os.PathLike, case_day: str) -> Path:
-    """``WORK/masks/{case_day}.npy``: uint8 ``(D, H, W)`` bit field."""
+    """``WORK/masks/{case_day}.npy``: ``(D, H, W)`` bit field or label map (:mod:`data_prep.dataset`)."""
     return Path(work) / MASKS_DIR / f"{case_day}.npy"
 
 
@@ -92,6 +95,35 @@ def read_prepare_json(work: str | os.PathLike) -> dict[str, Any] | None:
 def write_prepare_json(work: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """Write ``WORK/prepare.json`` atomically (``{"version", "status": "running"|"done", "args", ...}``)."""
     return atomic_write_text(Path(work) / PREPARE_JSON, json.dumps(dict(state), indent=2) + "\n")
+
+
+def dataset_path(work: str | os.PathLike) -> Path:
+    """``WORK/dataset.json``: the dataset description (:mod:`data_prep.dataset`)."""
+    return Path(work) / DATASET_JSON
+
+
+def read_dataset(work: str | os.PathLike) -> DatasetInfo:
+    """The dataset description of ``work`` (classes, label kind, channels, geometry per volume).
+
+    A WORK prepared before descriptions existed (no ``dataset.json``) is the Kaggle layout:
+    :data:`data_prep.dataset.KAGGLE`.
+
+    Raises:
+        ValueError: the file is not valid JSON or not a valid description (the message names it).
+    """
+    path = dataset_path(work)
+    if not path.is_file():
+        return KAGGLE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); pass --overwrite to prepare this WORK again") from None
+    return DatasetInfo.from_json(raw, where=str(path))
+
+
+def write_dataset(work: str | os.PathLike, info: DatasetInfo) -> Path:
+    """Write ``WORK/dataset.json`` atomically."""
+    return atomic_write_text(dataset_path(work), json.dumps(info.to_json(), indent=1) + "\n")
 
 
 def check_work(work: str | os.PathLike, need_masks: bool = True, need_splits: bool = True) -> Path:
@@ -183,14 +215,15 @@ def _open(path: Path, what: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def load_volume(work: str | os.PathLike, case_day: str) -> np.ndarray:
-    """The uint16 ``(D, H, W)`` volume of a case-day, memory-mapped read-only (z in manifest order)."""
-    return _open(volume_path(work, case_day), "volume")
+def load_volume(work: str | os.PathLike, case_day: str, channel: int = 0) -> np.ndarray:
+    """The uint16 ``(D, H, W)`` volume of a case-day (image channel ``channel``), memory-mapped read-only
+    (z in manifest order)."""
+    return _open(volume_path(work, case_day, channel), "volume")
 
 
 def load_mask(work: str | os.PathLike, case_day: str) -> np.ndarray:
-    """The uint8 ``(D, H, W)`` bit-field mask of a case-day, memory-mapped read-only
-    (:func:`data_prep.volumes.unpack_mask`)."""
+    """The ``(D, H, W)`` mask of a case-day, memory-mapped read-only: a bit field (uint8 for up to 8 overlapping
+    classes) or a label map; ``read_dataset(work).unpack(mask)`` gives binary channels ``(D, C, H, W)``."""
     return _open(mask_path(work, case_day), "mask")
 
 
@@ -199,19 +232,21 @@ def has_mask(work: str | os.PathLike, case_day: str) -> bool:
     return mask_path(work, case_day).is_file()
 
 
-def save_volume(work: str | os.PathLike, case_day: str, volume: np.ndarray) -> Path:
-    """Write a case-day volume (uint16 ``(D, H, W)``) atomically."""
+def save_volume(work: str | os.PathLike, case_day: str, volume: np.ndarray, channel: int = 0) -> Path:
+    """Write a case-day volume (uint16 ``(D, H, W)``, image channel ``channel``) atomically."""
     volume = np.asarray(volume)
     if volume.ndim != 3 or volume.dtype != np.uint16:
         raise ValueError(f"{case_day}: a volume must be uint16 (D, H, W), got {volume.dtype} {volume.shape}")
-    return atomic_save_npy(volume_path(work, case_day), volume)
+    return atomic_save_npy(volume_path(work, case_day, channel), volume)
 
 
 def save_mask(work: str | os.PathLike, case_day: str, mask: np.ndarray) -> Path:
-    """Write a case-day bit-field mask (uint8 ``(D, H, W)``) atomically."""
+    """Write a case-day mask (``(D, H, W)`` of an unsigned dtype: bit field or label map) atomically."""
     mask = np.asarray(mask)
-    if mask.ndim != 3 or mask.dtype != np.uint8:
-        raise ValueError(f"{case_day}: a mask must be a uint8 (D, H, W) bit field, got {mask.dtype} {mask.shape}")
+    if mask.ndim != 3 or mask.dtype.kind != "u":
+        raise ValueError(
+            f"{case_day}: a mask must be an unsigned (D, H, W) bit field or label map, got {mask.dtype} {mask.shape}"
+        )
     return atomic_save_npy(mask_path(work, case_day), mask)
 
 
