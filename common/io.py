@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +50,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], fs
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` for writers that want a file name (SimpleITK, OpenCV); renamed over
+    ``path`` when the block ends without an error, removed otherwise.
+
+    Args:
+        path: the target; its folder is created if needed.
+        suffix: the temporary name's ending (writers that choose the format from it need the real one, e.g.
+            ``.nii.gz``); the name is hidden: ``.{name}.XXXX{suffix}``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
