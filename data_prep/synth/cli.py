@@ -10,6 +10,7 @@ from typing import Any
 
 from data_prep.constants import DEFAULT_SEED, REAL_DEPTHS
 from data_prep.synth.labels import render_from_labels
+from data_prep.synth.nnunet import synthesize_nnunet
 from data_prep.synth.shapes import synthesize
 
 
@@ -58,8 +59,53 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_triple(text: str) -> tuple[float, float, float]:
+    try:
+        a, b, c = (float(v) for v in text.replace("x", ",").split(","))
+        return a, b, c
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 48,128,128, got {text!r}") from None
+
+
+def _cli_nnunet(args: argparse.Namespace) -> int:
+    synthesize_nnunet(
+        args.out,
+        args.cases,
+        test_cases=args.test_cases,
+        shape=tuple(int(v) for v in args.shape),
+        spacing=args.spacing,
+        regions=args.regions,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
+def _register_nnunet(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "synth-nnunet",
+        help="write a synthetic abdominal-CT dataset in the nnU-Net v2 raw format",
+        description=(
+            "Write a synthetic CT dataset in the nnU-Net v2 raw format (dataset.json, imagesTr/, labelsTr/, "
+            "imagesTs/ and labelsTs/ with --test-cases): liver, kidney, spleen, pancreas as an exclusive label map; "
+            "--regions adds the overlapping region 'organs'."
+        ),
+    )
+    p.add_argument("--out", type=Path, required=True, help="dataset folder")
+    p.add_argument("--cases", type=int, required=True, help="training cases")
+    p.add_argument("--test-cases", type=int, default=0, help="test cases (imagesTs/, truth in labelsTs/)")
+    p.add_argument("--shape", type=_parse_triple, default=(48, 128, 128), metavar="D,H,W", help="voxels per volume")
+    p.add_argument("--spacing", type=_parse_triple, default=(2.5, 0.8, 0.8), metavar="SZ,SY,SX", help="mm")
+    p.add_argument("--regions", action="store_true", help="also declare the overlapping region 'organs'")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p.set_defaults(func=_cli_nnunet)
+    return p
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``synth`` subcommand to an argparse ``subparsers`` object; it sets ``func``.
+    """Add the ``synth`` subcommand (Kaggle layout) and ``synth-nnunet`` (:mod:`data_prep.synth.nnunet`) to an
+    argparse ``subparsers`` object; each sets ``func``.
 
     Returns:
         The subcommand's parser.
@@ -85,6 +131,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     p.set_defaults(func=_cli, synth_parser=p)
+    _register_nnunet(subparsers)
     return p
 
 
