@@ -4,6 +4,9 @@ Examples::
 
     python -m data_prep synth --out demo_data --cases 6 --seed 0
     python -m data_prep prepare --data-root demo_data --out work --workers 2
+    python -m data_prep prepare --data-root Dataset003_Liver --out work_liver   # nnU-Net raw (detected)
+    python -m data_prep prepare --data-root tiffs --out work_k --format slices --spacing 0.05,0.05,0.05 \
+        --classes vessel --label-kind exclusive
     python -m data_prep splits --work work --seed 42            # no-op when prepare made them already
     python -m data_prep export classifier --work work
     python -m data_prep export yolo --work work --fold 0
@@ -29,8 +32,17 @@ from data_prep.constants import (
     WORK_ENV,
     default_work_dir,
 )
+from data_prep.dataset import FORMATS, LABEL_KINDS
 
 EXPORT_KINDS = ("classifier", "boxes", "yolo", "3d")
+#: ``prepare`` flags that only the volume formats (nnunet, dicom, slices) use: (flag, attribute).
+VOLUME_FLAGS = (
+    ("--slice-axis", "slice_axis"),
+    ("--group-by", "group_by"),
+    ("--spacing", "spacing"),
+    ("--classes", "classes"),
+    ("--label-kind", "label_kind"),
+)
 
 
 def _work(value: str | None) -> Path:
@@ -70,8 +82,8 @@ def _add_split_options(p: argparse.ArgumentParser, defaults: dict | None) -> Non
         nargs="*",
         default=d["faulty"],
         metavar="CASE_DAY",
-        help=f"case-days dropped from every training variant (default {' '.join(DEFAULT_FAULTY_CASE_DAYS)}; "
-        "give the flag alone to keep all)",
+        help=f"case-days (volume keys) dropped from every training variant (default: Kaggle layout "
+        f"{' '.join(DEFAULT_FAULTY_CASE_DAYS)}, other formats none; give the flag alone to keep all)",
     )
 
 
@@ -85,25 +97,84 @@ def _split_kwargs(a: argparse.Namespace) -> dict:
     }
 
 
-def _cmd_prepare(a: argparse.Namespace) -> None:
-    from data_prep.prepare import prepare  # noqa: PLC0415
+def _spacing(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected three positive numbers SZ,SY,SX (mm), got {text!r}")
+    return values  # type: ignore[return-value]
 
-    state = prepare(
-        a.data_root,
-        _work(a.out),
-        stride=a.stride,
-        channels=a.channels,
-        workers=a.workers,
-        overwrite=a.overwrite,
-        strict=a.strict,
-        progress=True,
-        split=a.split,
-        split_method=a.split_method,
-        **_split_kwargs(a),
-    )
-    logging.getLogger("data_prep").info(
-        "WORK %s: %s slices, %s case-days, labels: %s",
+
+def _classes(text: str) -> list[str]:
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected class names a,b,c, got {text!r}")
+    return names
+
+
+def _reader_options(a: argparse.Namespace) -> dict:
+    """The reader options of ``prepare`` (only those given, so that the recorded arguments stay minimal)."""
+    options = {"spacing": a.spacing, "classes": a.classes, "label_kind": a.label_kind}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _cmd_prepare(a: argparse.Namespace) -> None:
+    from data_prep.readers import detect_format  # noqa: PLC0415
+
+    fmt = a.format or detect_format(a.data_root)
+    log = logging.getLogger("data_prep")
+    if a.format is None:
+        log.info("%s: detected format %s", a.data_root, fmt)
+    if fmt == "kaggle":
+        given = [flag for flag, attr in VOLUME_FLAGS if getattr(a, attr) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not used by the Kaggle layout (they apply to nnunet, dicom, slices)")
+        from data_prep.prepare import prepare  # noqa: PLC0415
+
+        if a.faulty is None:
+            a.faulty = list(DEFAULT_FAULTY_CASE_DAYS)
+        state = prepare(
+            a.data_root,
+            _work(a.out),
+            stride=a.stride,
+            channels=a.channels,
+            workers=a.workers,
+            overwrite=a.overwrite,
+            strict=a.strict,
+            progress=True,
+            split=a.split,
+            split_method=a.split_method,
+            **_split_kwargs(a),
+        )
+    else:
+        if a.strict:
+            raise ValueError("--strict applies to the Kaggle layout only (the volume formats are always strict)")
+        from data_prep.prepare_volumes import prepare_volumes  # noqa: PLC0415
+
+        if a.faulty is None:
+            a.faulty = []
+        state = prepare_volumes(
+            fmt,
+            a.data_root,
+            _work(a.out),
+            split=a.split,
+            options=_reader_options(a),
+            slice_axis=a.slice_axis,
+            group_by=a.group_by,
+            stride=a.stride,
+            channels=a.channels,
+            workers=a.workers,
+            overwrite=a.overwrite,
+            progress=True,
+            split_method=a.split_method,
+            **_split_kwargs(a),
+        )
+    log.info(
+        "WORK %s (%s): %s slices, %s volumes, labels: %s",
         _work(a.out).resolve(),
+        fmt,
         state.get("n_slices"),
         state.get("n_case_days"),
         state.get("labels"),
@@ -112,12 +183,14 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
 
 def _cmd_splits(a: argparse.Namespace) -> None:
     from data_prep.splits import write_splits  # noqa: PLC0415
-    from data_prep.work import read_manifest, read_splits  # noqa: PLC0415
+    from data_prep.work import read_dataset, read_manifest, read_splits  # noqa: PLC0415
 
     work = _work(a.work)
     manifest = read_manifest(work)
     # options not given default to the WORK's current splits (so a bare `splits` checks them), else the defaults
     current = dict(SPLIT_DEFAULTS)
+    if read_dataset(work).format != "kaggle":
+        current["faulty"] = []  # the Kaggle fault list names Kaggle case-days
     try:
         old = read_splits(work)
         current.update(
@@ -162,16 +235,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth.register(sub)
 
-    p = sub.add_parser("prepare", help="read a Kaggle-style tree into a WORK folder (volumes, masks, manifest, splits)")
-    p.add_argument("--data-root", required=True, help="folder holding train/ (and train.csv) or test/")
+    p = sub.add_parser(
+        "prepare", help="read a data root of any format into a WORK folder (volumes, masks, manifest, splits)"
+    )
+    p.add_argument(
+        "--data-root",
+        required=True,
+        help="the input: a Kaggle tree (train/, train.csv, test/), an nnU-Net raw dataset (dataset.json, imagesTr/), "
+        "DICOM series, or folders of 2D slices (docs/datasets.md)",
+    )
     p.add_argument("--out", default=None, help=f"WORK folder (default ${WORK_ENV}, else work/ in the repository)")
-    p.add_argument("--split", choices=("train", "test"), default="train", help="which tree to read")
+    p.add_argument("--format", choices=FORMATS, default=None, help="input format (default: detected from the folder)")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="which part to read (test: no labels)")
     p.add_argument("--stride", type=int, default=DEFAULT_STRIDE, help="2.5D stride recorded for loaders")
     p.add_argument("--channels", type=int, default=DEFAULT_CHANNELS, help="2.5D channels (odd) recorded for loaders")
-    p.add_argument("--workers", type=int, default=1, help="processes reading case-days (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="processes, one volume (case-day) each (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace a WORK prepared with other arguments")
-    p.add_argument("--strict", action="store_true", help="label/scan mismatches and slice gaps are errors")
-    _add_split_options(p, SPLIT_DEFAULTS)
+    p.add_argument("--strict", action="store_true", help="kaggle: label/scan mismatches and slice gaps are errors")
+    v = p.add_argument_group("volume formats (nnunet, dicom, slices)")
+    v.add_argument(
+        "--slice-axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="array axis (z, y, x order) whose slices the 2.5D models see (default: the acquisition's slice axis)",
+    )
+    v.add_argument(
+        "--group-by",
+        default=None,
+        metavar="REGEX|CSV",
+        help="patient groups for the splits: a regex on the volume key (its first group) or a CSV key,group "
+        "(default: the format's: nnU-Net case id, DICOM PatientID, the slice folder)",
+    )
+    v.add_argument("--spacing", type=_spacing, default=None, metavar="SZ,SY,SX", help="slices: spacing in mm")
+    v.add_argument("--classes", type=_classes, default=None, metavar="A,B,C", help="slices/dicom: class names")
+    v.add_argument("--label-kind", choices=LABEL_KINDS, default=None, help="slices/dicom: overlapping or exclusive")
+    _add_split_options(p, {**SPLIT_DEFAULTS, "faulty": None})
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("splits", help="make (once) or check the folds and variants of a prepared WORK")

@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,15 @@ import numpy as np
 import pandas as pd
 
 from common.io import atomic_write_text
-from data_prep.constants import CLASSES
 from data_prep.volumes import to_uint8
 from data_prep.work import (
+    class_names,
     exports_dir,
     fold_entry,
     fold_of,
     load_volume,
     mask_path,
+    read_dataset,
     read_manifest,
     read_splits,
     volume_path,
@@ -71,31 +72,39 @@ def _write_once(path: Path, text: str, overwrite: bool) -> Path:
 
 def _labelled_manifest(work: Path) -> pd.DataFrame:
     manifest = read_manifest(work)
-    if "has_" + CLASSES[0] not in manifest.columns:
-        raise ValueError(f"{work / 'manifest.csv'} has no labels (prepared without train.csv); exports need labels")
+    if "has_" + read_dataset(work).classes[0] not in manifest.columns:
+        raise ValueError(
+            f"{work / 'manifest.csv'} has no labels (prepared without train.csv or label volumes); exports need labels"
+        )
     return manifest
 
 
 # ----------------------------------------------------------------------------------------------------- classifier
 
 
-def classifier_table(manifest: pd.DataFrame, splits: dict[str, Any]) -> pd.DataFrame:
+def classifier_table(
+    manifest: pd.DataFrame, splits: dict[str, Any], classes: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Per-slice presence of each class with the slice's validation fold.
 
     Args:
         manifest: WORK manifest (``id, case_day, z, has_{class}``).
         splits: the splits dict (``splits.json``).
+        classes: the class order (``read_dataset(work).classes``); default the manifest's ``has_`` columns.
 
     Returns:
-        DataFrame ``id, case_day, z, fold, large_bowel, small_bowel, stomach`` (presence 0/1), manifest order.
+        DataFrame ``id, case_day, z, fold`` and one presence column (0/1) per class, named as the class (Kaggle:
+        ``large_bowel, small_bowel, stomach``), manifest order.
     """
+    if classes is None:
+        classes = class_names(manifest)
     folds = fold_of(splits)
     missing = [i for i in manifest["id"] if i not in folds]
     if missing:
         raise ValueError(f"{len(missing)} slice(s) of the manifest are in no fold of splits.json, e.g. {missing[:3]}")
     out = manifest[["id", "case_day", "z"]].copy()
     out["fold"] = manifest["id"].map(folds).astype(np.int64)
-    for c in CLASSES:
+    for c in classes:
         out[c] = manifest[f"has_{c}"].astype(np.int64)
     return out.reset_index(drop=True)
 
@@ -103,7 +112,7 @@ def classifier_table(manifest: pd.DataFrame, splits: dict[str, Any]) -> pd.DataF
 def export_classifier(work: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``WORK/exports/classifier.csv`` (see :func:`classifier_table`); returns its path."""
     work = Path(work)
-    table = classifier_table(_labelled_manifest(work), read_splits(work))
+    table = classifier_table(_labelled_manifest(work), read_splits(work), read_dataset(work).classes)
     return _write_once(exports_dir(work) / "classifier.csv", table.to_csv(index=False, lineterminator="\n"), overwrite)
 
 
@@ -325,17 +334,27 @@ def datalist(
     fold: int,
     z_spacing: float = DEFAULT_Z_SPACING_MM,
 ) -> dict[str, list[dict[str, Any]]]:
-    """MONAI datalist of one fold: case-day volumes, masks and spacing.
+    """MONAI datalist of one fold: volumes, masks and spacing.
 
-    Training = case-days of the fold's training side minus the fault list; validation = the fold's validation
-    case-days (unfiltered).
+    Training = volumes of the fold's training side minus the fault list; validation = the fold's validation
+    volumes (unfiltered).
+
+    Args:
+        work: the WORK folder (its ``dataset.json`` gives the spacing and the channels).
+        manifest: its manifest.
+        splits: its splits dict.
+        fold: the validation fold.
+        z_spacing: slice thickness (mm) of the Kaggle layout, whose files do not give it; other formats take
+            every spacing from ``dataset.json``.
 
     Returns:
-        ``{"training": [...], "validation": [...]}``, entries ``{"case_day", "image", "label", "spacing",
-        "shape"}``: absolute ``.npy`` paths (image uint16 ``(D, H, W)``, label uint8 bit field ``(D, H, W)``,
-        see :func:`data_prep.volumes.unpack_mask`), spacing ``[z, y, x]`` mm, shape ``[D, H, W]``.
+        ``{"training": [...], "validation": [...]}``, entries ``{"case_day", "image", "channels", "label",
+        "spacing", "shape"}``: absolute ``.npy`` paths (image = channel 0, uint16 ``(D, H, W)``; channels = one
+        path per image channel; label = the WORK mask ``(D, H, W)``, ``read_dataset(work).unpack`` gives binary
+        channels), spacing ``[z, y, x]`` mm, shape ``[D, H, W]``.
     """
     work = Path(work).resolve()
+    dataset = read_dataset(work)
     f = fold_entry(splits, fold)
     info = manifest.groupby("case_day", sort=False).agg(
         depth=("id", "size"), height=("height", "first"), width=("width", "first"), px_h=("px_h", "first"),
@@ -344,12 +363,18 @@ def datalist(
     val_cases = set(f["val_cases"])
     faulty = set(splits["faulty_case_days"])
 
+    def spacing(cd: str, r: Any) -> list[float]:
+        if dataset.format == "kaggle":
+            return [float(z_spacing), float(r.px_h), float(r.px_w)]
+        return [float(v) for v in dataset.spacing(cd, (float(r.px_h), float(r.px_w)))]
+
     def entry(cd: str, r: Any) -> dict[str, Any]:
         return {
             "case_day": cd,
             "image": str(volume_path(work, cd)),
+            "channels": [str(volume_path(work, cd, k)) for k in range(dataset.num_channels)],
             "label": str(mask_path(work, cd)),
-            "spacing": [float(z_spacing), float(r.px_h), float(r.px_w)],
+            "spacing": spacing(cd, r),
             "shape": [int(r.depth), int(r.height), int(r.width)],
         }
 
@@ -383,7 +408,8 @@ def export_3d(
 def read_datalist(work: str | os.PathLike, fold: int) -> dict[str, dict[str, Any]]:
     """The 3D export of one fold, every entry keyed by case-day (training and validation together).
 
-    Entries are as :func:`datalist` writes them: ``{"case_day", "image", "label", "spacing": [z, y, x], "shape"}``.
+    Entries are as :func:`datalist` writes them: ``{"case_day", "image", "channels", "label", "spacing": [z, y, x],
+    "shape"}`` (``channels`` is absent from exports made before it existed).
 
     Raises:
         FileNotFoundError: no export for this fold (the message names the command that makes it).

@@ -26,17 +26,16 @@ from typing import Any
 import numpy as np
 
 from data_prep.constants import (
-    CLASSES,
     DEFAULT_CHANNELS,
     DEFAULT_FAULTY_CASE_DAYS,
     DEFAULT_FOLDS,
     DEFAULT_SEED,
     DEFAULT_STRIDE,
     DEFAULT_TAIL,
-    NUM_CLASSES,
 )
+from data_prep.dataset import KAGGLE, KAGGLE_Z_SPACING_MM, DatasetInfo, VolumeInfo
 from data_prep.rle import rle_runs
-from data_prep.volumes import stack_indices, unpack_mask
+from data_prep.volumes import stack_indices
 from data_prep.work import (
     MASKS_DIR,
     OWNED,
@@ -47,6 +46,7 @@ from data_prep.work import (
     save_mask,
     save_volume,
     volume_path,
+    write_dataset,
     write_manifest,
     write_prepare_json,
 )
@@ -84,10 +84,11 @@ def _npy_ok(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return arr.shape == shape and arr.dtype == dtype
 
 
-def _areas_from_mask(packed: np.ndarray) -> np.ndarray:
-    """int64 ``(D, C)``: pixels per slice and class of a bit-field mask ``(D, H, W)``."""
-    rows = [unpack_mask(packed[z]).reshape(NUM_CLASSES, -1).sum(axis=1, dtype=np.int64) for z in range(len(packed))]
-    return np.stack(rows).astype(np.int64)
+def _areas_from_mask(packed: np.ndarray, info: DatasetInfo = KAGGLE) -> np.ndarray:
+    """int64 ``(D, C)``: pixels per slice and class of a WORK mask ``(D, H, W)`` (bit field or label map)."""
+    c = info.num_classes
+    rows = [info.unpack(packed[z]).reshape(c, -1).sum(axis=1, dtype=np.int64) for z in range(len(packed))]
+    return np.stack(rows).astype(np.int64).reshape(len(packed), c)
 
 
 def _run_pixels(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -115,16 +116,31 @@ def _prepare_case_day(task: dict[str, Any]) -> tuple[str, np.ndarray | None]:
     rles = task.get("rles")
     if rles is None:
         return cd, None
-    packed = np.zeros((len(paths), h * w), dtype=np.uint8)
-    areas = np.zeros((len(paths), NUM_CLASSES), dtype=np.int64)
+    dt = KAGGLE.mask_dtype
+    packed = np.zeros((len(paths), h * w), dtype=dt)
+    areas = np.zeros((len(paths), KAGGLE.num_classes), dtype=np.int64)
     for z, (sid, row) in enumerate(zip(task["ids"], rles)):
         for c, rle in enumerate(row):
             if rle:
-                starts, lengths = rle_runs(rle, h * w, row_id=f"{sid}/{CLASSES[c]}")
-                packed[z, _run_pixels(starts, lengths)] |= np.uint8(1 << c)
+                starts, lengths = rle_runs(rle, h * w, row_id=f"{sid}/{KAGGLE.classes[c]}")
+                packed[z, _run_pixels(starts, lengths)] |= dt.type(1 << c)
                 areas[z, c] = int(lengths.sum())
     save_mask(work, cd, packed.reshape(len(paths), h, w))
     return cd, areas
+
+
+def _kaggle_dataset(table: Any, tree: Path) -> DatasetInfo:
+    """:data:`KAGGLE` with one :class:`VolumeInfo` per case-day of the WORK manifest ``table`` (manifest order)."""
+    volumes = {}
+    for cd, g in table.groupby("case_day", sort=False):
+        r = g.iloc[0]
+        volumes[str(cd)] = VolumeInfo(
+            shape=(len(g), int(r["height"]), int(r["width"])),
+            spacing=(KAGGLE_Z_SPACING_MM, float(r["px_h"]), float(r["px_w"])),
+            group=str(r["case"]),
+            source=str(tree / f"case{int(r['case'])}" / str(cd)),
+        )
+    return KAGGLE.with_volumes(volumes)
 
 
 def _args_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -152,8 +168,10 @@ def prepare(
     """Prepare ``out`` (WORK) from the ``{split}/`` tree of ``data_root``.
 
     Writes ``prepare.json``, ``volumes/{case_day}.npy`` (uint16 ``(D, H, W)``), ``masks/{case_day}.npy`` (uint8
-    bit field ``(D, H, W)``, when ``data_root/train.csv`` exists and ``split == "train"``), ``manifest.csv``
-    and, with labels, the splits (:func:`data_prep.splits.write_splits`). See docs/contracts.md.
+    bit field ``(D, H, W)``, when ``data_root/train.csv`` exists and ``split == "train"``), ``manifest.csv``,
+    ``dataset.json`` (:data:`data_prep.dataset.KAGGLE` with one :class:`data_prep.dataset.VolumeInfo` per
+    case-day: spacing ``(3.0, px_h, px_w)`` mm, group ``str(case)``, source = the case-day folder) and, with
+    labels, the splits (:func:`data_prep.splits.write_splits`). See docs/contracts.md and docs/datasets.md.
 
     Args:
         data_root: Kaggle-style data root (``train/``, ``train.csv``; or ``test/``).
@@ -249,14 +267,14 @@ def prepare(
         h, w = int(sizes.iloc[0, 0]), int(sizes.iloc[0, 1])
         d = len(g)
         vol_ok = _npy_ok(volume_path(work, cd), (d, h, w), np.dtype(np.uint16))
-        mask_ok = not has_labels or _npy_ok(mask_path(work, cd), (d, h, w), np.dtype(np.uint8))
+        mask_ok = not has_labels or _npy_ok(mask_path(work, cd), (d, h, w), KAGGLE.mask_dtype)
         if vol_ok and mask_ok:
             areas[cd] = _areas_from_mask(np.load(mask_path(work, cd), mmap_mode="r")) if has_labels else None
             continue
         task: dict[str, Any] = {"work": str(work), "case_day": cd, "height": h, "width": w}
         task["paths"] = g["path"].tolist()
         task["ids"] = g["id"].tolist()
-        task["rles"] = g[list(CLASSES)].to_numpy().tolist() if has_labels else None
+        task["rles"] = g[list(KAGGLE.classes)].to_numpy().tolist() if has_labels else None
         tasks.append(task)
     if areas:
         logger.info("%d case-day(s) already prepared and verified; %d to do", len(areas), len(tasks))
@@ -283,7 +301,7 @@ def prepare(
         if bar is not None:
             bar.close()
 
-    cols = [c for c in manifest.columns if c not in CLASSES]
+    cols = [c for c in manifest.columns if c not in KAGGLE.classes]
     table = manifest[cols].copy()
     table["z"] = groups.cumcount().to_numpy()
     table["depth"] = groups["id"].transform("size").to_numpy()
@@ -292,11 +310,12 @@ def prepare(
         order = np.concatenate([groups.indices[cd] for cd in groups.groups])
         area = np.empty_like(per_slice)
         area[order] = per_slice
-        for c, name in enumerate(CLASSES):
+        for c, name in enumerate(KAGGLE.classes):
             table[f"has_{name}"] = (area[:, c] > 0).astype(np.int64)
-        for c, name in enumerate(CLASSES):
+        for c, name in enumerate(KAGGLE.classes):
             table[f"area_{name}"] = area[:, c]
     write_manifest(work, table)
+    write_dataset(work, _kaggle_dataset(table, root / split))
 
     if has_labels:
         s = args["splits"]

@@ -3,7 +3,10 @@
 Folds: ``GroupKFold(n_folds)`` over slices grouped by case (a case never appears in two folds). GroupKFold is
 deterministic, so the seed shuffles the order of the cases before it assigns them (the groups are relabelled
 by their rank in a seeded permutation); ``method="stratified_group"`` uses
-``StratifiedGroupKFold(shuffle=True, random_state=seed)`` on "the slice has a mask in any class".
+``StratifiedGroupKFold(shuffle=True, random_state=seed)`` on "the slice has a mask in any class". The ``case``
+column is the patient group: the case number of the Kaggle layout (``val_cases`` are integers), a string for the
+other formats (``val_cases`` are strings). The classes are the dataset's (``WORK/dataset.json``), any number:
+:func:`write_splits` reads them; the functions on a bare manifest take ``classes`` (default the Kaggle classes).
 
 Training variants (validation lists are never filtered):
 
@@ -40,7 +43,7 @@ from data_prep.constants import (
     DEFAULT_TAIL,
     SPLIT_VARIANTS,
 )
-from data_prep.work import read_manifest, read_splits, splits_path, write_splits_json
+from data_prep.work import read_dataset, read_manifest, read_splits, splits_path, write_splits_json
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +60,36 @@ def _normalise_method(method: str) -> str:
     return aliases[method]
 
 
-def presence(manifest: pd.DataFrame) -> np.ndarray:
+def presence(manifest: pd.DataFrame, classes: Sequence[str] | None = None) -> np.ndarray:
     """Per-slice presence of each class.
 
     Args:
-        manifest: a WORK manifest (``has_{class}`` columns) or a layout manifest with labels (one RLE column per
-            class; a non-empty string means present).
+        manifest: a WORK manifest (``has_{class}`` columns) or a Kaggle layout manifest with labels (one RLE
+            column per class; a non-empty string means present).
+        classes: the dataset's classes (``read_dataset(work).classes``); default the Kaggle classes.
 
     Returns:
-        bool ``(N, C)`` in the order of ``CLASSES``.
+        bool ``(N, C)`` in the order of ``classes``.
     """
-    has = [f"has_{c}" for c in CLASSES]
+    if classes is None:
+        classes = CLASSES
+    has = [f"has_{c}" for c in classes]
     if all(c in manifest.columns for c in has):
-        return manifest[has].to_numpy().astype(bool)
-    if all(c in manifest.columns for c in CLASSES):
-        rle = manifest[list(CLASSES)].fillna("").astype(str)
-        return np.stack([rle[c].str.strip().str.len().to_numpy() > 0 for c in CLASSES], axis=1)
+        return manifest[has].to_numpy().astype(bool).reshape(len(manifest), len(has))
+    if all(c in manifest.columns for c in classes):
+        rle = manifest[list(classes)].fillna("").astype(str)
+        return np.stack([rle[c].str.strip().str.len().to_numpy() > 0 for c in classes], axis=1)
     raise ValueError(
-        f"manifest has no labels: expected columns {has} (WORK/manifest.csv) or {list(CLASSES)} (RLE). "
-        "Splits need train.csv in the data root."
+        f"manifest has no labels: expected columns {has} (WORK/manifest.csv) or {list(classes)} (RLE). "
+        "Splits need labels (train.csv of the Kaggle layout, label volumes of the other formats)."
     )
+
+
+def _group_values(cases: np.ndarray) -> list[int | str]:
+    """Groups as JSON values: integers stay integers (the Kaggle case numbers), anything else becomes a string."""
+    if cases.dtype.kind in "iu":
+        return [int(c) for c in cases]
+    return [str(c) for c in cases]
 
 
 def _z_within_case_day(manifest: pd.DataFrame) -> np.ndarray:
@@ -86,13 +99,17 @@ def _z_within_case_day(manifest: pd.DataFrame) -> np.ndarray:
 
 
 def _drop_masks(
-    manifest: pd.DataFrame, tail: int, tail_before: int, faulty_case_days: Iterable[str]
+    manifest: pd.DataFrame,
+    tail: int,
+    tail_before: int,
+    faulty_case_days: Iterable[str],
+    classes: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """z of every row and, per reason, a bool ``(N,)`` of the rows that filter drops."""
     if tail < 0 or tail_before < 0:
         raise ValueError(f"tail and tail_before must be >= 0, got tail={tail}, tail_before={tail_before}")
     faulty = set(faulty_case_days)
-    pres = presence(manifest).any(axis=1)
+    pres = presence(manifest, classes).any(axis=1)
     z = _z_within_case_day(manifest)
     case_day = manifest["case_day"].to_numpy()
     frame = pd.DataFrame({"case_day": case_day, "z": z, "pos": pres})
@@ -114,6 +131,7 @@ def drop_table(
     tail: int = DEFAULT_TAIL,
     tail_before: int = 0,
     faulty_case_days: Iterable[str] = DEFAULT_FAULTY_CASE_DAYS,
+    classes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Which slices each training filter drops, and why.
 
@@ -125,12 +143,13 @@ def drop_table(
         tail: slices dropped right after the last annotated slice of each case-day (``notail``).
         tail_before: slices dropped right before the first annotated slice (``notail``); 0 disables.
         faulty_case_days: case-days dropped from every training variant.
+        classes: the dataset's classes (:func:`presence`).
 
     Returns:
         DataFrame ``id, case_day, z, reason`` with reason in ``fault, tail, head, noanno``, sorted by manifest
         order then reason.
     """
-    z, reasons = _drop_masks(manifest, tail, tail_before, faulty_case_days)
+    z, reasons = _drop_masks(manifest, tail, tail_before, faulty_case_days, classes)
     case_day = manifest["case_day"].to_numpy()
     rows = []
     order = np.arange(len(manifest))
@@ -153,7 +172,11 @@ def drop_table(
 
 
 def assign_folds(
-    manifest: pd.DataFrame, n_folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED, method: str = "group"
+    manifest: pd.DataFrame,
+    n_folds: int = DEFAULT_FOLDS,
+    seed: int = DEFAULT_SEED,
+    method: str = "group",
+    classes: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Validation fold of every slice, grouped by case.
 
@@ -162,6 +185,7 @@ def assign_folds(
         n_folds: number of folds (>= 2, at most the number of cases).
         seed: shuffles the case order (``group``) or seeds StratifiedGroupKFold.
         method: ``"group"`` or ``"stratified_group"`` (alias ``"stratified"``).
+        classes: the dataset's classes (:func:`presence`; stratification only).
 
     Returns:
         int64 ``(N,)``: the fold in which each slice is validated.
@@ -182,7 +206,7 @@ def assign_folds(
         y = None
     else:
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        y = presence(manifest).any(axis=1).astype(np.int64)
+        y = presence(manifest, classes).any(axis=1).astype(np.int64)
     fold = np.full(len(cases), -1, dtype=np.int64)
     for k, (_, val_idx) in enumerate(splitter.split(x, y, groups)):
         fold[val_idx] = k
@@ -197,6 +221,7 @@ def make_splits(
     tail: int = DEFAULT_TAIL,
     tail_before: int = 0,
     faulty_case_days: Sequence[str] = DEFAULT_FAULTY_CASE_DAYS,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Folds and training variants as the ``splits.json`` dict (see docs/contracts.md).
 
@@ -205,6 +230,7 @@ def make_splits(
             and labels (``has_{class}`` or RLE class columns).
         n_folds, seed, method: see :func:`assign_folds`.
         tail, tail_before, faulty_case_days: see :func:`drop_table`.
+        classes: the dataset's classes (:func:`presence`; default the Kaggle classes).
 
     Returns:
         ``{"version", "n_folds", "seed", "method", "tail", "tail_before", "faulty_case_days", "folds": [{"fold",
@@ -215,15 +241,15 @@ def make_splits(
     unknown = sorted(set(faulty) - set(manifest["case_day"]))
     if unknown:
         logger.warning("fault list names case-days absent from the manifest: %s", ", ".join(unknown))
-    fold = assign_folds(manifest, n_folds, seed, method)
-    _, masks = _drop_masks(manifest, tail, tail_before, faulty)
+    fold = assign_folds(manifest, n_folds, seed, method, classes)
+    _, masks = _drop_masks(manifest, tail, tail_before, faulty, classes)
     ids = manifest["id"].to_numpy()
     dropped = {v: np.logical_or.reduce([masks[r] for r in rs]) for v, rs in _variant_reasons()}
     folds = []
     for k in range(n_folds):
         val = fold == k
         train = {v: ids[~val & ~dropped[v]].tolist() for v in SPLIT_VARIANTS}
-        val_cases = sorted(int(c) for c in np.unique(manifest["case"].to_numpy()[val]))
+        val_cases = sorted(_group_values(np.unique(manifest["case"].to_numpy()[val])))
         folds.append({"fold": k, "val_cases": val_cases, "val": ids[val].tolist(), "train": train})
     return {
         "version": SPLITS_VERSION,
@@ -241,14 +267,14 @@ def _variant_reasons() -> list[tuple[str, list[str]]]:
     return [(v, [r for r, vs in DROP_REASONS.items() if v in vs]) for v in SPLIT_VARIANTS]
 
 
-def report_table(splits: dict[str, Any], manifest: pd.DataFrame) -> pd.DataFrame:
-    """Counts per fold and variant.
+def report_table(splits: dict[str, Any], manifest: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Counts per fold and variant (``classes``: the dataset's, :func:`presence`).
 
     Returns:
         DataFrame ``fold, variant, train_slices, train_positive, train_case_days, train_cases, val_slices,
         val_positive, val_case_days, val_cases, dropped`` (``dropped``: training slices the variant removed).
     """
-    pos = pd.Series(presence(manifest).any(axis=1), index=manifest["id"].to_numpy())
+    pos = pd.Series(presence(manifest, classes).any(axis=1), index=manifest["id"].to_numpy())
     cd = pd.Series(manifest["case_day"].to_numpy(), index=manifest["id"].to_numpy())
     case = pd.Series(manifest["case"].to_numpy(), index=manifest["id"].to_numpy())
     rows = []
@@ -359,9 +385,10 @@ def write_splits(
                 f"{path} exists with {what}; wanted {wanted}. Splits are written once: pass --overwrite "
                 "(overwrite=True) to replace them; models trained on the old folds no longer match."
             )
-    splits = make_splits(manifest, n_folds, seed, method, tail, tail_before, wanted["faulty_case_days"])
-    drops = drop_table(manifest, tail, tail_before, wanted["faulty_case_days"])
-    table = report_table(splits, manifest)
+    classes = read_dataset(work).classes
+    splits = make_splits(manifest, n_folds, seed, method, tail, tail_before, wanted["faulty_case_days"], classes)
+    drops = drop_table(manifest, tail, tail_before, wanted["faulty_case_days"], classes)
+    table = report_table(splits, manifest, classes)
     out = path.parent
     atomic_write_text(out / "dropped.csv", drops.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(out / "report.csv", table.to_csv(index=False, lineterminator="\n"))

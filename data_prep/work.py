@@ -33,8 +33,12 @@ VOLUMES_DIR = "volumes"
 MASKS_DIR = "masks"
 SPLITS_DIR = "splits"
 EXPORTS_DIR = "exports"
+#: Per-volume records of an unfinished ``prepare`` of a volume format (removed when it is done).
+PROGRESS_DIR = ".progress"
 #: What ``prepare`` makes in WORK (cleared by its ``overwrite``); nothing else there is touched.
-OWNED: tuple[str, ...] = (PREPARE_JSON, DATASET_JSON, MANIFEST_CSV, VOLUMES_DIR, MASKS_DIR, SPLITS_DIR, EXPORTS_DIR)
+OWNED: tuple[str, ...] = (
+    PREPARE_JSON, DATASET_JSON, MANIFEST_CSV, VOLUMES_DIR, MASKS_DIR, SPLITS_DIR, EXPORTS_DIR, PROGRESS_DIR
+)  # fmt: skip
 #: The command that makes a WORK folder, named in every "not prepared" error.
 PREPARE_HINT = "python -m data_prep prepare --data-root DATA_ROOT --out {work}"
 
@@ -56,6 +60,11 @@ def volume_path(work: str | os.PathLike, case_day: str, channel: int = 0) -> Pat
 def mask_path(work: str | os.PathLike, case_day: str) -> Path:
     """``WORK/masks/{case_day}.npy``: ``(D, H, W)`` bit field or label map (:mod:`data_prep.dataset`)."""
     return Path(work) / MASKS_DIR / f"{case_day}.npy"
+
+
+def progress_path(work: str | os.PathLike, key: str) -> Path:
+    """``WORK/.progress/{key}.json``: the record of a finished volume while ``prepare`` runs (resume)."""
+    return Path(work) / PROGRESS_DIR / f"{key}.json"
 
 
 def manifest_path(work: str | os.PathLike) -> Path:
@@ -166,6 +175,9 @@ def check_work(work: str | os.PathLike, need_masks: bool = True, need_splits: bo
 def read_manifest(work: str | os.PathLike) -> pd.DataFrame:
     """``WORK/manifest.csv`` (docs/contracts.md), one row per slice in manifest order (case, day, slice).
 
+    ``case`` is the patient group: an integer for the Kaggle layout, a string for every other format
+    (``WORK/dataset.json`` says which), so that groups such as ``"007"`` keep their spelling.
+
     Raises:
         FileNotFoundError: not prepared yet, or the preparation did not finish.
     """
@@ -176,12 +188,24 @@ def read_manifest(work: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(
             f"{path} not found or its preparation did not finish; run `{prepare_hint(work)}` (again, to resume)"
         )
-    return pd.read_csv(path, keep_default_na=False, dtype={"id": str, "case_day": str})
+    dtype = {"id": str, "case_day": str}
+    if read_dataset(work).format != "kaggle":
+        dtype.update(case=str, path=str)
+    return pd.read_csv(path, keep_default_na=False, dtype=dtype)
 
 
 def write_manifest(work: str | os.PathLike, table: pd.DataFrame) -> Path:
     """Write ``WORK/manifest.csv`` atomically (columns as docs/contracts.md lists them)."""
     return atomic_write_text(manifest_path(work), table.to_csv(index=False, lineterminator="\n"))
+
+
+def class_names(manifest: pd.DataFrame) -> tuple[str, ...]:
+    """The classes of a WORK manifest, from its ``has_{class}`` columns in column order (the dataset's order).
+
+    >>> class_names(pd.DataFrame(columns=["id", "has_liver", "has_spleen", "area_liver"]))
+    ('liver', 'spleen')
+    """
+    return tuple(c[len("has_") :] for c in manifest.columns if str(c).startswith("has_"))
 
 
 def case_day_ids(manifest: pd.DataFrame, case_days: Iterable[str] | None = None) -> dict[str, list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -12,10 +13,11 @@ import pytest
 
 from data_prep import prepare as prepare_mod
 from data_prep.constants import CLASSES
+from data_prep.dataset import KAGGLE
 from data_prep.prepare import prepare
 from data_prep.rle import rle_encode
 from data_prep.volumes import unpack_mask
-from data_prep.work import load_mask, load_volume, read_manifest
+from data_prep.work import load_mask, load_volume, read_dataset, read_manifest
 
 
 def make_tree(root: Path, n_cases: int = 6, depth: int = 10, hw: tuple[int, int] = (24, 32), seed: int = 0) -> dict:
@@ -98,6 +100,23 @@ def test_same_args_is_noop_other_args_need_overwrite(done, data):
     with pytest.raises(FileExistsError, match="seed"):
         prepare(root, work, n_folds=3, seed=7)
     assert json.loads((work / "prepare.json").read_text())["args"]["stride"] == 2
+
+
+def test_dataset_description_and_old_works_stay_noops(done, data, tmp_path):
+    work, _ = done
+    info = read_dataset(work)
+    assert (info.format, info.classes, info.label_kind, info.channels) == ("kaggle", CLASSES, "overlapping", ("MR",))
+    assert sorted(info.volumes) == sorted(read_manifest(work)["case_day"].unique())
+    v = info.volumes["case3_day0"]
+    assert (v.shape, v.spacing, v.group, v.axes) == ((10, 24, 32), (3.0, 1.5, 1.5), "3", (0, 1, 2))
+    assert v.source == str(data[0].resolve() / "train" / "case3" / "case3_day0")
+    old = tmp_path / "old"  # a WORK prepared before dataset.json existed: the same command is still a no-op
+    shutil.copytree(work, old)
+    (old / "dataset.json").unlink()
+    before = {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()}
+    prepare(data[0], old, workers=1, n_folds=3)
+    assert {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()} == before
+    assert read_dataset(old) == KAGGLE
 
 
 def test_overwrite_and_unknown_outputs(data, tmp_path):
