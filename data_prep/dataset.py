@@ -48,6 +48,8 @@ MAX_EXCLUSIVE: int = 65535
 #: Slice thickness of the Kaggle layout, whose file names give only the in-plane spacing (mm).
 KAGGLE_Z_SPACING_MM: float = 3.0
 DATASET_VERSION = 1
+#: Columns of the WORK tables that sit beside per-class columns (a class may not take these names).
+RESERVED_NAMES: frozenset[str] = frozenset({"id", "case", "day", "slice", "case_day", "z", "fold", "path", "depth"})
 
 
 def _choice(value: str, allowed: Sequence[str], what: str) -> str:
@@ -209,6 +211,9 @@ class DatasetInfo:
         bad = [c for c in self.classes if not str(c).replace("_", "").isalnum()]
         if bad:
             raise ValueError(f"class names must be letters, digits and '_' (they name columns), got {bad}")
+        reserved = [c for c in self.classes if c in RESERVED_NAMES]
+        if reserved:
+            raise ValueError(f"class names {reserved} are column names of WORK tables; rename them")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"class names must be unique, got {list(self.classes)}")
         _choice(self.label_kind, LABEL_KINDS, "label_kind")

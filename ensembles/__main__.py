@@ -2,7 +2,9 @@
 
 python -m ensembles score --truth train.csv --pred submission.csv --data-root DIR [--split train|test]
     [--empty one|skip] [--hausdorff per_class|union] [--workers N] [--out score.json]
-python -m ensembles search --oof [NAME=]DIR [...] --truth train.csv --spec SPEC --out tuned.yaml
+python -m ensembles score --truth LABELS_DIR --pred PRED_DIR --work WORK [--out score.json]
+    (folders of label volumes in WORK's input format, matched by file name; adds the 3D Dice per volume and class)
+python -m ensembles search --oof [NAME=]DIR [...] (--truth train.csv | --work WORK) --spec SPEC --out tuned.yaml
     [--data-root DIR | --manifest CSV] [--workers N]
 """
 
@@ -39,8 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-q", "--quiet", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("score", help="score a submission against labels")
-    s.add_argument("--truth", required=True, help="labels (id,class,segmentation), e.g. train.csv or test_truth.csv")
-    s.add_argument("--pred", required=True, help="submission (id,class,predicted)")
+    s.add_argument(
+        "--truth",
+        required=True,
+        help="labels: a CSV (id,class,segmentation, e.g. train.csv) or a folder of label volumes (e.g. labelsTr)",
+    )
+    s.add_argument("--pred", required=True, help="a submission CSV (id,class,predicted) or a folder of predictions")
+    s.add_argument("--work", default=None, help="folders: the WORK folder of the volumes (classes, geometry)")
     s.add_argument("--data-root", default=None, help="scan tree root: image sizes and slice order")
     s.add_argument("--split", default="train", help="sub-folder of --data-root (train or test)")
     s.add_argument("--manifest", default=None, help="instead of --data-root: a CSV with id,width,height")
@@ -49,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     _metric_args(s)
     r = sub.add_parser("search", help="search weights, thresholds and post-processing on OOF predictions")
     r.add_argument("--oof", nargs="+", required=True, help="probability folders, NAME=DIR or DIR (matched by config)")
-    r.add_argument("--truth", required=True, help="labels (train.csv)")
+    r.add_argument("--truth", default=None, help="labels (train.csv); or --work")
+    r.add_argument("--work", default=None, help="instead of --truth: the WORK folder the maps were predicted from")
     r.add_argument("--spec", required=True, help="the ensemble spec to start from")
     r.add_argument("--out", required=True, help="tuned spec YAML (report: {stem}_report.md/.csv)")
     r.add_argument("--data-root", default=None, help="scan tree (image sizes); default: from the .npy shapes")
@@ -66,21 +74,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _score(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tqdm import tqdm
 
-    from evaluation.scoring import score_files, write_report
+    from evaluation.scoring import score_files, score_folders, write_report
 
-    res = score_files(
-        a.truth,
-        a.pred,
-        a.data_root,
-        a.split,
-        a.manifest,
-        a.empty,
-        a.hausdorff,
-        a.workers,
-        progress=lambda it, total: tqdm(it, total=total, desc="case-days", disable=a.quiet),
-    )
+    progress = lambda it, total: tqdm(it, total=total, desc="case-days", disable=a.quiet)  # noqa: E731
+    folders = [Path(p).is_dir() for p in (a.truth, a.pred)]
+    if any(folders):
+        if not all(folders):
+            raise ValueError(
+                f"--truth {a.truth} and --pred {a.pred}: both must be CSV files or both folders of label volumes"
+            )
+        if a.work is None:
+            raise ValueError("scoring folders of label volumes needs --work WORK (their classes and geometry)")
+        from data_prep.work import check_work, read_dataset
+
+        info = read_dataset(check_work(a.work, need_masks=False, need_splits=False))
+        res = score_folders(a.truth, a.pred, info, a.empty, a.hausdorff, a.workers, progress=progress)
+    else:
+        res = score_files(
+            a.truth, a.pred, a.data_root, a.split, a.manifest, a.empty, a.hausdorff, a.workers, progress=progress
+        )
     print(
         f"score {res.score:.5f}  dice {res.dice:.5f}  1-hausdorff {res.hausdorff:.5f}  "
         f"(empty={res.empty}, hausdorff={res.hausdorff_variant})"
@@ -90,6 +106,9 @@ def _score(a: argparse.Namespace) -> int:
     print(pcd.head(a.per_case_day).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if len(pcd) > a.per_case_day:
         print(f"... {len(pcd) - a.per_case_day} more case-days" + (f" in {a.out}" if a.out else ""))
+    if res.dsc_3d is not None:
+        print("3D Dice per volume and class:")
+        print(res.dsc_3d.head(a.per_case_day).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if a.out:
         js, md = write_report(res, a.out)
         print(f"wrote {js} and {md}")
@@ -97,11 +116,11 @@ def _score(a: argparse.Namespace) -> int:
 
 
 def _search(a: argparse.Namespace) -> int:
-    from ensembles.search import run_search
+    from ensembles.search import classes_of_items, run_search
     from ensembles.spec import load_spec
     from evaluation.scoring import manifest_for
 
-    spec = load_spec(a.spec)
+    spec = load_spec(a.spec, classes=classes_of_items(a.oof))
     manifest = manifest_for(a.data_root, a.split, a.manifest) if (a.data_root or a.manifest) else None
     tuned, before, after = run_search(
         spec,
@@ -115,6 +134,7 @@ def _search(a: argparse.Namespace) -> int:
         a.overwrite,
         log=print,
         steps=a.steps.split(","),
+        work=a.work,
     )
     print(f"score {before.score:.5f} -> {after.score:.5f}; wrote {a.out}")
     return 0

@@ -1,7 +1,8 @@
 """The fusion core: pure functions on one case-day's arrays, no file IO; arrays in, arrays out.
 
 weighted mean of probability maps (models within their group, then the 2.5D and 3D groups) -> the gate's keep
-masks -> per-class thresholds -> emptying weak classes -> small-component removal. :func:`ensemble` is that
+masks -> per-class thresholds -> (exclusive classes: one class per pixel) -> emptying weak classes ->
+small-component removal. Every function is generic in the number of classes ``C``. :func:`ensemble` is that
 whole rule in one function: the search (:mod:`ensembles.search`) scores its candidates with it and inference
 (:mod:`inference.pipeline`) predicts with it, so the two cannot disagree.
 
@@ -184,6 +185,35 @@ def threshold(probs: np.ndarray, thresholds: float | Sequence[float]) -> np.ndar
     return probs > t.astype(np.float32)[None, :, None, None]
 
 
+def exclusive(masks: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """One class per pixel, for exclusive classes (a label map): of the classes over their threshold at a pixel,
+    only the most probable is kept (ties: the first in class order).
+
+    Args:
+        masks: bool ``(D, C, H, W)`` thresholded masks.
+        probs: ``(D, C, H, W)`` the masks came from.
+
+    Returns:
+        bool ``(D, C, H, W)`` (a new array) with at most one class set per pixel.
+
+    >>> p = np.array([[[[0.6]], [[0.9]], [[0.2]]]], np.float32)  # (1, 3, 1, 1)
+    >>> exclusive(p > 0.5, p)[0, :, 0, 0].tolist()
+    [False, True, False]
+    """
+    if masks.shape != probs.shape:
+        raise ValueError(f"masks {masks.shape} and probabilities {probs.shape} differ in shape")
+    out = np.zeros(masks.shape, dtype=bool)
+    idx = np.arange(masks.shape[1])[:, None, None]
+    for z in range(masks.shape[0]):  # slice by slice: no (D, C, H, W) float temporary
+        m = np.asarray(masks[z], dtype=bool)
+        if not m.any():
+            continue
+        # probabilities lie in [0, 1]: + 1 puts every masked class above every unmasked one
+        best = ((np.asarray(probs[z], dtype=np.float32) + np.float32(1)) * m).argmax(axis=0)  # (H, W)
+        np.logical_and(m, idx == best[None], out=out[z])
+    return out
+
+
 def empty_weak(masks: np.ndarray, probs: np.ndarray, floor: float | Sequence[float]) -> np.ndarray:
     """Empty every (slice, class) whose maximum probability is under ``floor`` (the 1st place's 0.5 rule).
 
@@ -238,18 +268,24 @@ def postprocess(
     max_prob_floor: float | Sequence[float] = 0.0,
     min_component: int | Sequence[int] = 0,
     component_mode: str = "2d",
+    exclusive_classes: bool = False,
 ) -> np.ndarray:
-    """Probabilities to final masks: threshold, empty weak classes, remove small components.
+    """Probabilities to final masks: threshold, one class per pixel (exclusive classes), empty weak classes, remove
+    small components.
 
     Args:
         probs: float ``(D, C, H, W)`` fused (and gated) probabilities.
         thresholds, max_prob_floor, min_component, component_mode: see :func:`threshold`, :func:`empty_weak`,
             :func:`remove_small`.
+        exclusive_classes: the classes are exclusive (``label_kind == "exclusive"``): :func:`exclusive` after the
+            thresholds.
 
     Returns:
         bool ``(D, C, H, W)``.
     """
     masks = threshold(probs, thresholds)
+    if exclusive_classes and probs.shape[1] > 1:
+        masks = exclusive(masks, probs)
     if np.any(per_class(max_prob_floor, probs.shape[1], "max_prob_floor") > 0):
         masks = empty_weak(masks, probs, max_prob_floor)
     if np.any(per_class(min_component, probs.shape[1], "min_component") > 1):
@@ -368,6 +404,7 @@ def ensemble(
     keep: np.ndarray | None,
     thresholds: float | Sequence[float],
     post: Mapping,
+    exclusive_classes: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The whole rule on one case-day: fuse -> gate -> threshold -> post-process.
 
@@ -378,12 +415,14 @@ def ensemble(
         keep: bool ``(D, C)`` or ``(D,)`` gate decisions (:func:`gate_keep`), or None to keep everything.
         thresholds: one pixel threshold or one per class.
         post: ``{"max_prob_floor", "min_component", "component_mode"}``.
+        exclusive_classes: one class per pixel (the dataset's ``label_kind`` is ``exclusive``).
 
     Returns:
         ``(probs float32 (D, C, H, W), masks bool (D, C, H, W))``: fused and gated probabilities (zeros when every
         weight is 0) and the final masks.
     """
-    return gate_and_post(fuse_models(maps, fusion["weight_2d"], fusion["weight_3d"]), shape, keep, thresholds, post)
+    fused = fuse_models(maps, fusion["weight_2d"], fusion["weight_3d"])
+    return gate_and_post(fused, shape, keep, thresholds, post, exclusive_classes)
 
 
 def gate_and_post(
@@ -392,6 +431,7 @@ def gate_and_post(
     keep: np.ndarray | None,
     thresholds: float | Sequence[float],
     post: Mapping,
+    exclusive_classes: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The rule of :func:`ensemble` after the fusion (the search fuses once per set of weights and calls this for
     each candidate). ``fused`` (from :func:`fuse_models`, None: nothing had a weight) is not modified.
@@ -401,5 +441,7 @@ def gate_and_post(
         raise ValueError(f"fused maps of shape {probs.shape}, expected {tuple(shape)}")
     if keep is not None:
         probs = apply_keep(probs, keep)
-    masks = postprocess(probs, thresholds, post["max_prob_floor"], post["min_component"], post["component_mode"])
+    masks = postprocess(
+        probs, thresholds, post["max_prob_floor"], post["min_component"], post["component_mode"], exclusive_classes
+    )
     return probs, masks

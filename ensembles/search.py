@@ -8,6 +8,9 @@ the ``per_class`` Hausdorff the score decomposes by class; under ``union`` one v
 
 OOF folders follow docs/contracts.md "Probability maps"; a model's folds may be split over several folders
 (one per fold). Every model must cover the same case-days; otherwise the search refuses, naming the folders.
+The classes are the folders' (``meta.json`` ``classes``, the same in every folder); the truth is a Kaggle label
+table (``train.csv``: the Kaggle layout's classes) or the masks of the WORK folder the maps were predicted from
+(any dataset; exclusive classes are searched with the one-class-per-pixel rule that inference applies).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import pandas as pd
 
 from common.io import atomic_write_text, markdown_table
 from common.probmaps import ProbDir
-from data_prep.constants import CLASSES
+from data_prep.dataset import KAGGLE, unpack_masks
 from data_prep.layout import read_rle_table, shapes_manifest
 from data_prep.rle import decode_case_day
+from data_prep.work import check_work, has_mask, load_mask, read_dataset
 from ensembles import core
 from ensembles.spec import Spec
 from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, ScoreResult, aggregate, score_case_day
@@ -59,10 +63,13 @@ class Params:
     min_component: np.ndarray
     component_mode: str = "2d"
     gate: dict = field(default_factory=dict)
+    #: exclusive classes: one class per pixel after the thresholds (fixed by the data, not searched)
+    exclusive: bool = False
 
     @classmethod
-    def from_spec(cls, spec: Spec, models: Sequence[str]) -> Params:
-        n = len(CLASSES)
+    def from_spec(cls, spec: Spec, models: Sequence[str], exclusive: bool = False) -> Params:
+        """The spec's values, per class for ``spec.classes``."""
+        n = len(spec.classes)
         return cls(
             weights={m: spec.model(m).weight for m in models},
             weight_2d=spec.fusion["weight_2d"],
@@ -72,6 +79,7 @@ class Params:
             min_component=core.per_class(spec.post["min_component"], n, "min_component").astype(int),
             component_mode=spec.post["component_mode"],
             gate=dict(spec.gate),
+            exclusive=exclusive,
         )
 
 
@@ -111,8 +119,46 @@ def parse_oof(spec: Spec, items: Sequence[str]) -> dict[str, list[ProbDir]]:
     return out
 
 
-def read_classifier_oof(spec: Spec, items: Sequence[str]) -> pd.DataFrame | None:
-    """``NAME=cls_probs.csv`` arguments of the spec's classifiers -> the mean presence probability per slice.
+def item_path(item: str) -> str:
+    """The path of an ``--oof`` argument (``NAME=PATH`` or ``PATH``)."""
+    return item.split("=", 1)[1] if "=" in item and not Path(item).exists() else item
+
+
+def classes_of_items(items: Sequence[str]) -> tuple[str, ...] | None:
+    """The classes of the first probability folder among ``--oof`` arguments (to load the spec for them), or None
+    when there is none."""
+    for item in items:
+        path = item_path(item)
+        if not path.endswith(".csv"):
+            cls = ProbDir(path).classes
+            return tuple(cls) if cls else KAGGLE.classes
+    return None
+
+
+def folder_classes(oof: dict[str, list[ProbDir]]) -> tuple[str, ...]:
+    """The classes of the probability folders (``meta.json`` ``classes``; a folder without them is of the Kaggle
+    layout); refuses folders whose classes differ, naming two of them."""
+    first: tuple[Path, tuple[str, ...]] | None = None
+    for dirs in oof.values():
+        for d in dirs:
+            cls = tuple(d.classes) if d.classes else KAGGLE.classes
+            if first is None:
+                first = (d.path, cls)
+            elif cls != first[1]:
+                raise ValueError(
+                    f"probability folders of different classes: {first[0]} has {list(first[1])}, {d.path} has "
+                    f"{list(cls)}; every model must be predicted on the same dataset"
+                )
+    if first is None:
+        raise ValueError("no probability folder given")
+    return first[1]
+
+
+def read_classifier_oof(
+    spec: Spec, items: Sequence[str], classes: Sequence[str] = KAGGLE.classes
+) -> pd.DataFrame | None:
+    """``NAME=cls_probs.csv`` arguments of the spec's classifiers -> the mean presence probability per slice
+    (``id`` and one column per class of ``classes``).
 
     A classifier's folds may be split over several CSVs (one per fold); they are concatenated, then the
     classifiers are averaged. Returns None when no item is given.
@@ -129,14 +175,14 @@ def read_classifier_oof(spec: Spec, items: Sequence[str]) -> pd.DataFrame | None
             name = names[0]
         if spec.model(name).kind != "classifier":
             raise ValueError(f"{item}: model {name!r} is a {spec.model(name).kind} model, not a classifier")
-        per_model.setdefault(name, []).append(read_cls_probs(path))
+        per_model.setdefault(name, []).append(read_cls_probs(path, classes=classes))
     frames = []
     for name, dfs in per_model.items():
         df = pd.concat(dfs, ignore_index=True)
         dup = df["id"][df["id"].duplicated()].tolist()
         if dup:
             raise ValueError(f"classifier {name!r}: slice ids in more than one CSV, e.g. {dup[:3]}")
-        frames.append(df.set_index("id")[list(CLASSES)])
+        frames.append(df.set_index("id")[list(classes)])
     common = sorted(set.intersection(*[set(f.index) for f in frames]))
     return (sum(f.loc[common] for f in frames) / len(frames)).reset_index()
 
@@ -183,20 +229,20 @@ def _apply(
         fused.clear()
         maps = [core.ModelMap(n, kinds[n], params.weights[n], p) for n, p in probs.items()]
         fused[key] = core.fuse_models(maps, params.weight_2d, params.weight_3d)
-    return core.gate_and_post(fused[key], shape, keep, params.thresholds, post)[1]
+    return core.gate_and_post(fused[key], shape, keep, params.thresholds, post, params.exclusive)[1]
 
 
 def _eval_task(args: tuple) -> tuple[list, dict]:
     """Score the candidates on one case-day; returns the scores and the distances it computed (the ones in
     ``known`` are read, not computed again)."""
-    cd, files, kinds, gate_files, gate_weights, cls_probs, truth_rows, ids, hw, cands, empty, hausdorff, known = args
+    cd, files, kinds, gate_files, gate_weights, cls_probs, truth_src, ids, hw, cands, empty, hausdorff, known = args
     new: dict = {}
     cache = ChainMap(new, known)  # writes go to ``new``
     probs = {name: ProbDir(path).load(cd) for name, path in files.items()}
     gate_probs = None
     if gate_files:
         gate_probs = core.fuse([ProbDir(p).load(cd) for p in gate_files], gate_weights)
-    truth = decode_case_day(truth_rows, hw[0], hw[1], ids)
+    truth = _truth_masks(truth_src, cd, ids, hw)
     fused: dict = {}
     scores = [
         score_case_day(
@@ -205,6 +251,15 @@ def _eval_task(args: tuple) -> tuple[list, dict]:
         for p in cands
     ]
     return scores, new
+
+
+def _truth_masks(src: tuple, cd: str, ids: list[str], hw: tuple[int, int]) -> np.ndarray:
+    """bool ``(D, C, H, W)`` true masks of one case-day: ``("rle", rows)`` decodes Kaggle RLE rows, ``("work",
+    work, num_classes, label_kind)`` unpacks the WORK mask."""
+    if src[0] == "rle":
+        return decode_case_day(src[1], hw[0], hw[1], ids)
+    _, work, n, kind = src
+    return unpack_masks(np.asarray(load_mask(work, cd)), n, kind).astype(bool)
 
 
 def _params_key(p: Params) -> tuple:
@@ -219,6 +274,7 @@ def _params_key(p: Params) -> tuple:
         _flat(p.min_component),
         p.component_mode,
         gate,
+        p.exclusive,
     )
 
 
@@ -232,22 +288,53 @@ class Evaluator:
     Candidates already scored are not scored again, and each case-day keeps a cache of the Hausdorff distances
     of the class volumes it has seen (``evaluation.metric.score_case_day(distances=)``): most candidates of a
     step change the masks of a few classes only, and the distance is most of the cost.
+
+    Args:
+        spec: the spec to start from (taken for the folders' classes: :meth:`ensembles.spec.Spec.for_classes`).
+        oof: :func:`parse_oof` output.
+        truth: a Kaggle label table (:func:`data_prep.layout.read_rle_table`), or the WORK folder the maps were
+            predicted from (its masks are the truth, its ``dataset.json`` gives the classes and the label kind).
+        manifest: image sizes for RLE labels (default: the maps' shapes).
+        empty, hausdorff: metric conventions. workers: processes (0: this one).
+        cls_probs: out-of-fold presence probabilities of the classifier gate (``id`` + class columns).
     """
 
     def __init__(
         self,
         spec: Spec,
         oof: dict[str, list[ProbDir]],
-        truth: pd.DataFrame,
+        truth: pd.DataFrame | str | os.PathLike,
         manifest: pd.DataFrame | None = None,
         empty: str = DEFAULT_EMPTY,
         hausdorff: str = DEFAULT_HAUSDORFF,
         workers: int = 0,
         cls_probs: pd.DataFrame | None = None,
     ):
-        self.spec, self.empty, self.hausdorff, self.workers = spec, empty, hausdorff, workers
+        self.empty, self.hausdorff, self.workers = empty, hausdorff, workers
+        self.classes = folder_classes(oof)
+        self.work: Path | None = None
+        self.exclusive = False
+        self.label_kind = "overlapping"
+        if isinstance(truth, pd.DataFrame):
+            if self.classes != KAGGLE.classes:
+                raise ValueError(
+                    f"a label table ({truth.attrs.get('source', 'RLE labels')}) holds the Kaggle layout's classes "
+                    f"{list(KAGGLE.classes)}, the probability folders have {list(self.classes)}; give the WORK "
+                    "folder they were predicted from as the truth (--work)"
+                )
+        else:
+            self.work = check_work(truth, need_masks=True, need_splits=False)
+            info = read_dataset(self.work)
+            if info.classes != self.classes:
+                raise ValueError(
+                    f"{self.work}: the dataset has classes {list(info.classes)}, the probability folders "
+                    f"{list(self.classes)}; give the WORK folder they were predicted from"
+                )
+            self.label_kind = info.label_kind
+            self.exclusive = info.label_kind == "exclusive"
+        self.spec = spec = spec.for_classes(self.classes)
         #: out-of-fold presence probabilities (id + class columns) for a classifier gate, else None
-        self.cls_probs = cls_probs.set_index("id")[list(CLASSES)] if cls_probs is not None else None
+        self.cls_probs = cls_probs.set_index("id")[list(self.classes)] if cls_probs is not None else None
         if self.cls_probs is not None and spec.gate["method"] != "classifier":
             raise ValueError(f"classifier OOF probabilities given, but the spec's gate is {spec.gate['method']!r}")
         seg = [m.name for m in spec.models if m.kind in ("2.5d", "3d") and m.role == "segment"]
@@ -274,10 +361,19 @@ class Evaluator:
                     f"classifier OOF probabilities lack {len(missing)} slice(s) of the OOF case-days, e.g. "
                     f"{missing[:3]}; predict them with the classifier of the same folds"
                 )
-        self.truth = truth.set_index("id")[list(CLASSES)]
+        self.truth = truth.set_index("id")[list(self.classes)] if self.work is None else None
         self.hw: dict[str, tuple[int, int]] = {}
         for cd in self.case_days:
-            if manifest is not None:
+            if self.work is not None:
+                if not has_mask(self.work, cd):
+                    raise ValueError(f"{self.work}: no mask of {cd} (the OOF folders list it); is it the right WORK?")
+                shape = load_mask(self.work, cd).shape
+                if shape[0] != len(self.ids[cd]):
+                    raise ValueError(
+                        f"{self.work}: {cd} has {shape[0]} slices, the OOF folders list {len(self.ids[cd])}"
+                    )
+                self.hw[cd] = (int(shape[1]), int(shape[2]))
+            elif manifest is not None:
                 m = manifest[manifest["case_day"] == cd]
                 self.hw[cd] = (int(m["height"].iloc[0]), int(m["width"].iloc[0]))
             else:
@@ -303,7 +399,10 @@ class Evaluator:
         def tasks():
             for cd in self.case_days:
                 ids = self.ids[cd]
-                rows = self.truth.reindex(ids).fillna("").to_numpy().tolist()
+                if self.work is None:
+                    src: tuple = ("rle", self.truth.reindex(ids).fillna("").to_numpy().tolist())
+                else:
+                    src = ("work", str(self.work), len(self.classes), self.label_kind)
                 files = {n: self.where[n][cd] for n in self.models}
                 gates = [self.where[n][cd] for n in self.gate_models]
                 gate_w = [self.spec.model(n).weight for n in self.gate_models]
@@ -315,7 +414,7 @@ class Evaluator:
                     gates,
                     gate_w,
                     cls,
-                    rows,
+                    src,
                     ids,
                     self.hw[cd],
                     list(cands),
@@ -334,12 +433,12 @@ class Evaluator:
             per_cd.append(scores)
             self._distances[cd].update(new)
         self.n_evals += len(cands)
-        return [aggregate([r[i] for r in per_cd], self.empty, self.hausdorff) for i in range(len(cands))]
+        return [aggregate([r[i] for r in per_cd], self.empty, self.hausdorff, self.classes) for i in range(len(cands))]
 
 
 def _class_scores(res: ScoreResult) -> np.ndarray:
     pc = res.per_class.set_index("class")
-    s = np.array([pc.loc[c, "score"] for c in CLASSES], dtype=np.float64)
+    s = np.array([pc.loc[c, "score"] for c in res.classes], dtype=np.float64)
     return np.where(np.isnan(s), res.score, s)
 
 
@@ -347,7 +446,7 @@ def _pick_per_class(results: list[ScoreResult], values: list, current_index: int
     """For each class the value of the best candidate (ties keep the current one)."""
     scores = np.stack([_class_scores(r) for r in results])  # (K, C)
     out = []
-    for c in range(len(CLASSES)):
+    for c in range(scores.shape[1]):
         best = current_index
         for k in range(len(values)):
             if scores[k, c] > scores[best, c] + 1e-12:
@@ -367,13 +466,15 @@ def search(
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         raise ValueError(f"unknown search step(s) {unknown}; known: {', '.join(STEPS)}")
-    cur = Params.from_spec(spec, ev.models)
+    spec = spec.for_classes(ev.classes)
+    n = len(ev.classes)
+    cur = Params.from_spec(spec, ev.models, ev.exclusive)
     before = ev([cur])[0]
     best_score = before.score
     log(f"start: score {best_score:.5f}")
 
     def post_step(cur: Params, best_score: float, attr: str, grid: Sequence) -> tuple[Params, float]:
-        values = [getattr(cur, attr)] + [np.full(len(CLASSES), v) for v in grid]
+        values = [getattr(cur, attr)] + [np.full(n, v) for v in grid]
         cands = []
         for v in values:
             p = copy.deepcopy(cur)
@@ -394,8 +495,8 @@ def search(
         cur, best_score = post_step(cur, best_score, "thresholds", THRESHOLD_GRID)
     if ev.cls_probs is not None and "gate" in steps:
         # classifier-gate thresholds, per class (0.0 keeps every slice: the gate can only help)
-        now = core.per_class(cur.gate.get("thresholds", 0.5), len(CLASSES), "gate thresholds")
-        values = [now] + [np.full(len(CLASSES), v) for v in GATE_GRID]
+        now = core.per_class(cur.gate.get("thresholds", 0.5), n, "gate thresholds")
+        values = [now] + [np.full(n, v) for v in GATE_GRID]
         cands = [copy.deepcopy(cur) for _ in values]
         for p, v in zip(cands, values):
             p.gate["thresholds"] = [float(x) for x in v]
@@ -444,14 +545,16 @@ def search(
 
 
 def tuned_spec(spec: Spec, p: Params) -> Spec:
-    """A copy of ``spec`` with the searched values."""
+    """A copy of ``spec`` (for its classes, which it names) with the searched values."""
     s = copy.deepcopy(spec)
+    s.classes_named = True
+    n = len(s.classes)
     for m in s.models:
         if m.name in p.weights:
             m.weight = round(float(p.weights[m.name]), 6)
     s.fusion = {"weight_2d": round(float(p.weight_2d), 6), "weight_3d": round(float(p.weight_3d), 6)}
     if p.gate.get("method") == "classifier":
-        s.gate = dict(s.gate, thresholds=[round(float(v), 6) for v in core.per_class(p.gate["thresholds"], 3, "gate")])
+        s.gate = dict(s.gate, thresholds=[round(float(v), 6) for v in core.per_class(p.gate["thresholds"], n, "gate")])
     s.thresholds = [round(float(v), 6) for v in p.thresholds]
     s.post = {
         "max_prob_floor": [round(float(v), 6) for v in p.floor],
@@ -465,7 +568,7 @@ def tuned_spec(spec: Spec, p: Params) -> Spec:
 def run_search(
     spec: Spec,
     oof_items: Sequence[str],
-    truth_csv: str | os.PathLike,
+    truth_csv: str | os.PathLike | None,
     out: str | os.PathLike,
     manifest: pd.DataFrame | None = None,
     empty: str = DEFAULT_EMPTY,
@@ -474,14 +577,22 @@ def run_search(
     overwrite: bool = False,
     log: Callable[[str], None] = logger.info,
     steps: Sequence[str] = STEPS,
+    work: str | os.PathLike | None = None,
 ) -> tuple[Spec, ScoreResult, ScoreResult]:
-    """Parse the OOF folders, search, write ``out`` (tuned spec YAML) and ``{out stem}_report.{md,csv}``."""
+    """Parse the OOF folders, search, write ``out`` (tuned spec YAML, naming its classes) and
+    ``{out stem}_report.{md,csv}``.
+
+    The truth is ``truth_csv`` (Kaggle labels, e.g. ``train.csv``) or the masks of ``work`` (the WORK folder the
+    maps were predicted from: any dataset); give exactly one.
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if (truth_csv is None) == (work is None):
+        raise ValueError("give the truth as a label table (--truth train.csv) or as the WORK folder (--work), one")
     cls_items = [i for i in oof_items if i.split("=", 1)[-1].endswith(".csv")]
     oof = parse_oof(spec, [i for i in oof_items if i not in cls_items])
-    truth = read_rle_table(truth_csv)
+    truth = read_rle_table(truth_csv) if truth_csv is not None else work
     ev = Evaluator(
         spec,
         oof,
@@ -490,10 +601,10 @@ def run_search(
         empty,
         hausdorff,
         workers,
-        cls_probs=read_classifier_oof(spec, cls_items),
+        cls_probs=read_classifier_oof(spec, cls_items, folder_classes(oof)),
     )
-    params, before, after = search(spec, ev, log, steps)
-    tuned = tuned_spec(spec, params)
+    params, before, after = search(ev.spec, ev, log, steps)
+    tuned = tuned_spec(ev.spec, params)
     header = (
         f"# tuned from {spec.source} on {len(ev.case_days)} OOF case-days: score {before.score:.5f} -> "
         f"{after.score:.5f} (empty={empty}, hausdorff={hausdorff})\n"

@@ -17,6 +17,13 @@ A spec is a YAML file (``ensembles/configs/*.yaml``)::
     fusion: {weight_2d: 0.6, weight_3d: 0.4}
     thresholds: 0.4                   # pixel threshold, one or one per class
     post: {max_prob_floor: 0.5, min_component: 0, component_mode: 2d}
+    classes: [large_bowel, small_bowel, stomach]   # optional: the classes the per-class values are for
+
+Per-class values (``thresholds``, gate ``thresholds``, ``max_prob_floor``, ``min_component``) are one number, a
+list of one value per class (in class order), or a mapping ``{class name: value}`` naming every class. The class
+list is the one given to :func:`load_spec` (``classes=``: the data's, from ``WORK/dataset.json`` or a probability
+folder's ``meta.json``), else the spec's own ``classes``, else the Kaggle layout's three classes; a spec whose
+``classes`` differ from the data's is refused (:meth:`Spec.for_classes`).
 
 Every key is checked against one table of known keys; an unknown key is answered with close matches
 (``difflib.get_close_matches``). Relative paths are resolved against the folder given to :func:`load_spec`
@@ -28,13 +35,14 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from data_prep.constants import NUM_CLASSES
+from data_prep.dataset import KAGGLE
 
 KINDS: tuple[str, ...] = ("2.5d", "3d", "classifier", "detector")
 ROLES: tuple[str, ...] = ("segment", "gate")
@@ -52,6 +60,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "thresholds": 0.5,
         "post": {},
         "batch_size": 16,
+        "classes": None,
     },
     "model": {
         "name": None,
@@ -109,17 +118,45 @@ def _choice(value: Any, choices: tuple[str, ...], what: str, where: str) -> str:
     return value
 
 
-def _per_class(value: Any, what: str, where: str, lo: float = 0.0, hi: float = 1.0) -> float | list[float]:
-    vals = value if isinstance(value, list | tuple) else [value]
-    if len(vals) not in (1, NUM_CLASSES):
-        raise SpecError(f"{where}: {what} must be one number or {NUM_CLASSES} (one per class), got {value!r}")
+def _per_class(
+    value: Any, what: str, where: str, classes: tuple[str, ...], lo: float = 0.0, hi: float = 1.0
+) -> float | list[float]:
+    """One number (kept a number), ``len(classes)`` numbers, or ``{class name: number}`` naming every class (both
+    returned as a list in class order)."""
+    n = len(classes)
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in classes]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), list(classes), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SpecError(f"{where}: {what} names unknown class {unknown[0]!r}{hint} (classes: {list(classes)})")
+        missing = [c for c in classes if c not in value]
+        if missing:
+            raise SpecError(f"{where}: {what} must name every class; missing {missing} (classes: {list(classes)})")
+        vals = [value[c] for c in classes]
+    else:
+        vals = value if isinstance(value, list | tuple) else [value]
+        if len(vals) not in (1, n):
+            raise SpecError(
+                f"{where}: {what} must be one number or {n} (one per class of {list(classes)}), got {value!r}"
+            )
     try:
         nums = [float(v) for v in vals]
     except (TypeError, ValueError):
         raise SpecError(f"{where}: {what} must be numbers, got {value!r}") from None
     if any(not lo <= v <= hi for v in nums):
         raise SpecError(f"{where}: {what} must lie in [{lo}, {hi}], got {value!r}")
-    return nums[0] if not isinstance(value, list | tuple) else nums
+    return nums[0] if not isinstance(value, list | tuple | dict) else nums
+
+
+def _classes(value: Any, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(c, str) and c for c in value):
+        raise SpecError(f"{where}: classes must be a non-empty list of class names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise SpecError(f"{where}: classes must be unique, got {list(value)}")
+    return tuple(value)
 
 
 @dataclass
@@ -162,6 +199,43 @@ class Spec:
     folds: list[int]
     batch_size: int = 16
     source: str = "<spec>"
+    #: the classes the per-class values are for (the data's, the spec's own or the Kaggle layout's)
+    classes: tuple[str, ...] = KAGGLE.classes
+    #: True when the classes were named (``classes:`` in the spec, ``classes=`` given, or a per-class mapping);
+    #: False when they are the Kaggle default, which :meth:`for_classes` may replace
+    classes_named: bool = False
+
+    def for_classes(self, classes: Sequence[str]) -> Spec:
+        """This spec for data of ``classes`` (in channel order): itself when they are its classes; a copy when its
+        classes were only the default and its per-class values fit ``len(classes)``.
+
+        Raises:
+            SpecError: the spec names other classes, or gives per-class lists of another length.
+        """
+        classes = tuple(classes)
+        if classes == self.classes:
+            return self
+        if self.classes_named:
+            raise SpecError(
+                f"{self.source}: the spec is for classes {list(self.classes)}, the data has {list(classes)}; "
+                "tune a spec on this data (python -m ensembles search) or fix its 'classes'"
+            )
+        out = copy.deepcopy(self)
+        out.classes = classes
+        values = {
+            "thresholds": self.thresholds,
+            "gate thresholds": self.gate.get("thresholds"),
+            "max_prob_floor": self.post.get("max_prob_floor"),
+            "min_component": self.post.get("min_component"),
+        }
+        for what, v in values.items():
+            if isinstance(v, list | tuple) and len(v) != len(classes):
+                raise SpecError(
+                    f"{self.source}: {what} gives {len(v)} values (one per class of {list(self.classes)}), the data "
+                    f"has {len(classes)} classes {list(classes)}; give one value, {len(classes)} values or a mapping "
+                    "by class name"
+                )
+        return out
 
     def by_kind(self, kind: str, role: str | None = None) -> list[ModelSpec]:
         """Models of one kind (and role), in spec order."""
@@ -199,7 +273,7 @@ class Spec:
             if m.options:
                 d["options"] = m.options
             models.append(d)
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "folds": list(self.folds),
             "batch_size": self.batch_size,
@@ -209,6 +283,9 @@ class Spec:
             "thresholds": self.thresholds,
             "post": dict(self.post),
         }
+        if self.classes_named:
+            out["classes"] = list(self.classes)
+        return out
 
     def dump(self) -> str:
         """YAML text of :meth:`to_dict`."""
@@ -266,21 +343,37 @@ def _model(raw: Any, i: int, default_folds: list[int], root: Path, where: str) -
     )
 
 
-def validate_spec(raw: Any, source: str = "<spec>", root: str | os.PathLike | None = None) -> Spec:
+def validate_spec(
+    raw: Any,
+    source: str = "<spec>",
+    root: str | os.PathLike | None = None,
+    classes: Sequence[str] | None = None,
+) -> Spec:
     """Check a spec's data against the table of known keys and build a :class:`Spec`.
 
     Args:
         raw: the parsed YAML (a mapping).
         source: file name used in errors.
         root: folder relative paths are resolved against (default: the current directory).
+        classes: the data's classes in channel order (``read_dataset(work).classes``); None: the spec's own
+            ``classes``, else the Kaggle layout's.
 
     Raises:
-        SpecError: unknown keys (with close matches), bad values, duplicated names, a gate that lacks its models.
+        SpecError: unknown keys (with close matches), bad values, duplicated names, a gate that lacks its models,
+            per-class values that do not fit the classes, a spec whose ``classes`` differ from ``classes``.
     """
     root = Path(root) if root is not None else Path.cwd()
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a spec must be a mapping, got {type(raw).__name__}")
     top = _merged("spec", raw, source)
+    own = _classes(top["classes"], source)
+    given = _classes(None if classes is None else list(classes), f"{source} (the data)")
+    if own is not None and given is not None and own != given:
+        raise SpecError(
+            f"{source}: the spec is for classes {list(own)}, the data has {list(given)}; tune a spec on this data "
+            "(python -m ensembles search) or fix its 'classes'"
+        )
+    cls = given or own or KAGGLE.classes
     folds = top["folds"]
     if not isinstance(folds, list) or not all(isinstance(f, int) for f in folds):
         raise SpecError(f"{source}: folds must be a list of integers, got {folds!r}")
@@ -292,9 +385,12 @@ def validate_spec(raw: Any, source: str = "<spec>", root: str | os.PathLike | No
     if dups:
         raise SpecError(f"{source}: model names must be unique, repeated: {dups}")
     gate = _merged("gate", top["gate"], f"{source}: gate")
+    mappings = [top["thresholds"], gate["thresholds"]]  # per-class values given by class name name the classes
     gate["method"] = _choice(gate["method"], GATE_METHODS, "gate method", f"{source}: gate")
-    gate["thresholds"] = _per_class(gate["thresholds"], "gate thresholds", f"{source}: gate")
-    gate["pixel_thr"] = float(_per_class(gate["pixel_thr"], "pixel_thr", f"{source}: gate"))
+    gate["thresholds"] = _per_class(gate["thresholds"], "gate thresholds", f"{source}: gate", cls)
+    if isinstance(gate["pixel_thr"], list | tuple | dict):
+        raise SpecError(f"{source}: gate pixel_thr must be one number, got {gate['pixel_thr']!r}")
+    gate["pixel_thr"] = float(_per_class(gate["pixel_thr"], "pixel_thr", f"{source}: gate", cls))
     for key in ("min_pixels", "smooth", "min_consecutive"):
         if not isinstance(gate[key], int) or gate[key] < 0:
             raise SpecError(f"{source}: gate {key} must be an integer >= 0, got {gate[key]!r}")
@@ -321,8 +417,9 @@ def validate_spec(raw: Any, source: str = "<spec>", root: str | os.PathLike | No
     if not any(m.weight > 0 and m.kind in ("2.5d", "3d") and m.role == "segment" for m in models):
         raise SpecError(f"{source}: every segmenter has weight 0; give at least one a positive weight")
     post = _merged("post", top["post"], f"{source}: post")
-    post["max_prob_floor"] = _per_class(post["max_prob_floor"], "max_prob_floor", f"{source}: post")
-    post["min_component"] = _per_class(post["min_component"], "min_component", f"{source}: post", 0, 1e9)
+    mappings += [post["max_prob_floor"], post["min_component"]]
+    post["max_prob_floor"] = _per_class(post["max_prob_floor"], "max_prob_floor", f"{source}: post", cls)
+    post["min_component"] = _per_class(post["min_component"], "min_component", f"{source}: post", cls, 0, 1e9)
     if isinstance(post["min_component"], list):
         post["min_component"] = [int(v) for v in post["min_component"]]
     else:
@@ -333,16 +430,20 @@ def validate_spec(raw: Any, source: str = "<spec>", root: str | os.PathLike | No
         models=models,
         gate=gate,
         fusion=fusion,
-        thresholds=_per_class(top["thresholds"], "thresholds", source),
+        thresholds=_per_class(top["thresholds"], "thresholds", source, cls),
         post=post,
         folds=list(folds),
         batch_size=int(top["batch_size"]),
         source=source,
+        classes=cls,
+        classes_named=own is not None or given is not None or any(isinstance(v, dict) for v in mappings),
     )
 
 
-def load_spec(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Spec:
-    """Read and validate a YAML spec (see :func:`validate_spec`).
+def load_spec(
+    path: str | os.PathLike, root: str | os.PathLike | None = None, classes: Sequence[str] | None = None
+) -> Spec:
+    """Read and validate a YAML spec (see :func:`validate_spec`; ``classes``: the data's, when known).
 
     Raises:
         FileNotFoundError: no such file (shipped specs are listed).
@@ -356,4 +457,4 @@ def load_spec(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise SpecError(f"{p}: not valid YAML: {e}") from None
-    return validate_spec(raw, str(p), root)
+    return validate_spec(raw, str(p), root, classes)

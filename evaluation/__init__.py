@@ -1,7 +1,9 @@
 """Evaluation: the competition metric, the Dice tables, the classifier's gate score, score tables and pictures.
 
 Below every stage that trains or predicts (their validation hooks select checkpoints with it) and below the
-ensemble search; it imports only ``common`` and ``data_prep``. Modules: ``metric`` (competition score, Dice,
-Hausdorff), ``classification`` (presence metrics and the gate score), ``scoring`` (RLE tables and files),
-``pictures`` (overlays of a case-day).
+ensemble search; it imports only ``common`` and ``data_prep``. Every table is named by the dataset's classes.
+Modules: ``metric`` (competition score, Dice, Hausdorff, 3D Dice per volume), ``classification`` (presence metrics
+and the gate score), ``scoring`` (RLE tables, and folders of label volumes in a WORK's input format),
+``predictions`` (prediction folders: the format's writer and reader, ``predictions.json``), ``pictures`` (overlays
+of a case-day or a WORK volume, any number of classes).
 """

@@ -16,30 +16,38 @@ competition's scale: 1.0 for a perfect gate, the "all empty" score for a gate th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from data_prep.constants import CLASSES
-from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, CaseDayScore, aggregate, score_case_day
+from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, CaseDayScore, aggregate, class_names, score_case_day
 
 __all__ = ["aggregate", "classification_metrics", "gate_score"]
 
 
-def classification_metrics(probs: np.ndarray, truth: np.ndarray, thr: float = 0.5) -> dict[str, float]:
+def classification_metrics(
+    probs: np.ndarray, truth: np.ndarray, thr: float = 0.5, classes: Sequence[str] | None = None
+) -> dict[str, float]:
     """Per-class AUC and F1 (at ``thr``) and their means; AUC is NaN for a class with one label value only.
 
     Args:
         probs: ``(N, C)`` presence probabilities.
         truth: ``(N, C)`` 0/1 presence.
         thr: decision threshold for F1.
+        classes: the ``C`` class names (None: the Kaggle layout's, ``C`` must be 3).
 
     Returns:
         ``auc_{class}``, ``f1_{class}``, ``mean_auc``, ``mean_f1``.
     """
     from sklearn.metrics import f1_score, roc_auc_score
 
+    probs, truth = np.asarray(probs), np.asarray(truth)
+    if probs.shape != truth.shape or probs.ndim != 2:
+        raise ValueError(f"probs and truth must be (N, C) of one shape, got {probs.shape} and {truth.shape}")
+    names = class_names(classes, probs.shape[1], "classification_metrics")
     out: dict[str, float] = {}
     aucs, f1s = [], []
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(names):
         t = truth[:, c].astype(int)
         auc = float(roc_auc_score(t, probs[:, c])) if 0 < t.sum() < len(t) else float("nan")
         f1 = float(f1_score(t, probs[:, c] >= thr, zero_division=1.0))

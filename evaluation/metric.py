@@ -1,8 +1,11 @@
 """The competition metric: ``0.4 * Dice + 0.6 * (1 - Hausdorff)``, exact and fast.
 
-A leaf of the training and inference stages (numpy, scipy, pandas and ``data_prep.constants`` only): every
+A leaf of the training and inference stages (numpy, scipy, pandas and ``data_prep.dataset`` only): every
 validation hook, the search and the scoring command import it. Also here: :func:`slice_dice_table`, the Dice
-summaries that validation logs beside the score.
+summaries that validation logs beside the score, and :func:`dsc_3d_table`, the plain 3D Dice per volume and class.
+
+Every function is generic in the number of classes ``C``; the ones that name classes take ``classes`` (the
+dataset's, ``read_dataset(work).classes``); left out, ``C`` must be 3 and the names are the Kaggle layout's.
 
 Definitions (the competition's metric, as ``docs/contracts.md`` restates it):
 
@@ -53,7 +56,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from data_prep.constants import CLASSES
+from data_prep.dataset import KAGGLE
 
 EMPTY_CONVENTIONS: tuple[str, ...] = ("one", "skip")
 HAUSDORFF_VARIANTS: tuple[str, ...] = ("per_class", "union")
@@ -63,6 +66,29 @@ DEFAULT_HAUSDORFF: str = "per_class"
 DICE_WEIGHT: float = 0.4
 HAUSDORFF_WEIGHT: float = 0.6
 _SQRT3 = math.sqrt(3.0)
+
+
+def class_names(classes: Sequence[str] | None, n: int, where: str = "scores") -> tuple[str, ...]:
+    """The names of ``n`` class channels: ``classes`` (checked for length) or, when None, the Kaggle layout's
+    three.
+
+    Raises:
+        ValueError: ``len(classes) != n``, or no names for ``n != 3`` channels.
+
+    >>> class_names(None, 3)
+    ('large_bowel', 'small_bowel', 'stomach')
+    """
+    if classes is None:
+        if n != len(KAGGLE.classes):
+            raise ValueError(
+                f"{where}: {n} classes, but no class names were given; pass classes= (the dataset's, "
+                "data_prep.work.read_dataset(work).classes)"
+            )
+        return KAGGLE.classes
+    classes = tuple(str(c) for c in classes)
+    if len(classes) != n:
+        raise ValueError(f"{where}: {n} class channels, but {len(classes)} class names {list(classes)}")
+    return classes
 
 
 def _check_options(empty: str, hausdorff: str) -> None:
@@ -347,6 +373,9 @@ class ScoreResult:
         per_case_day: DataFrame with columns ``case_day, n_slices, dice, hausdorff, score`` and
             ``dice_{class}``, ``hausdorff_{class}`` (``per_class``).
         empty, hausdorff_variant: the options used.
+        classes: the class names, in channel order.
+        dsc_3d: None, or (volumes scored as volumes: :func:`dsc_3d_table`) one row per case-day (volume) with
+            ``case_day`` and ``dsc_{class}``, the plain 3D Dice of each class.
     """
 
     score: float
@@ -356,15 +385,16 @@ class ScoreResult:
     per_case_day: pd.DataFrame
     empty: str = DEFAULT_EMPTY
     hausdorff_variant: str = DEFAULT_HAUSDORFF
-    classes: tuple[str, ...] = field(default=CLASSES)
+    classes: tuple[str, ...] = field(default=KAGGLE.classes)
+    dsc_3d: pd.DataFrame | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready summary (NaN as None)."""
+        """JSON-ready summary (NaN as None); ``dsc_3d`` only when it was computed."""
 
         def clean(v):
             return None if isinstance(v, float) and math.isnan(v) else v
 
-        return {
+        out = {
             "score": clean(self.score),
             "dice": clean(self.dice),
             "hausdorff": clean(self.hausdorff),
@@ -373,6 +403,9 @@ class ScoreResult:
             "per_class": [{k: clean(v) for k, v in r.items()} for r in self.per_class.to_dict("records")],
             "per_case_day": [{k: clean(v) for k, v in r.items()} for r in self.per_case_day.to_dict("records")],
         }
+        if self.dsc_3d is not None:
+            out["dsc_3d"] = [{k: clean(v) for k, v in r.items()} for r in self.dsc_3d.to_dict("records")]
+        return out
 
 
 def _combine(dice: float, haus: float) -> float:
@@ -387,14 +420,24 @@ def aggregate(
     records: Iterable[CaseDayScore],
     empty: str = DEFAULT_EMPTY,
     hausdorff: str = DEFAULT_HAUSDORFF,
-    classes: tuple[str, ...] = CLASSES,
+    classes: Sequence[str] | None = None,
 ) -> ScoreResult:
-    """Combine per-case-day records into a :class:`ScoreResult` (nan-means as the convention says)."""
+    """Combine per-case-day records into a :class:`ScoreResult` (nan-means as the convention says).
+
+    Args:
+        records: :func:`score_case_day` outputs, all of the same ``C``.
+        empty, hausdorff: the conventions they were scored with.
+        classes: the ``C`` class names (None: the Kaggle layout's, ``C`` must be 3).
+    """
     _check_options(empty, hausdorff)
     records = list(records)
     if not records:
         raise ValueError("nothing to score: no case-days")
-    n_cls = len(classes)
+    n_cls = len(records[0].dice_sum)
+    odd = [r.case_day for r in records if len(r.dice_sum) != n_cls]
+    if odd:
+        raise ValueError(f"case-days scored with different class counts: {odd[:3]} vs {records[0].case_day}")
+    classes = class_names(classes, n_cls)
     dsum = np.zeros(n_cls)
     dcnt = np.zeros(n_cls)
     dists = []
@@ -441,7 +484,7 @@ def score_volumes(
     truth: Mapping[str, np.ndarray],
     empty: str = DEFAULT_EMPTY,
     hausdorff: str = DEFAULT_HAUSDORFF,
-    classes: tuple[str, ...] = CLASSES,
+    classes: Sequence[str] | None = None,
 ) -> ScoreResult:
     """Score predicted masks against the truth, case-day by case-day (sorted keys).
 
@@ -452,7 +495,7 @@ def score_volumes(
         truth: same keys, same shapes.
         empty: ``"one"`` (default) or ``"skip"``, see the module docstring.
         hausdorff: ``"per_class"`` (default) or ``"union"``.
-        classes: class names of the ``C`` channels.
+        classes: class names of the ``C`` channels (None: the Kaggle layout's, ``C`` must be 3).
 
     Returns:
         A :class:`ScoreResult`.
@@ -471,11 +514,14 @@ def score_volumes(
     return aggregate(records, empty, hausdorff, classes)
 
 
-def slice_dice_table(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> dict[str, float]:
+def slice_dice_table(
+    inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray, classes: Sequence[str] | None = None
+) -> dict[str, float]:
     """Dice summaries from per-slice, per-class pixel counts.
 
     Args:
-        inter, psum, gsum: ``(S, C)`` intersections, predicted and true pixel counts (``C`` = ``len(CLASSES)``).
+        inter, psum, gsum: ``(S, C)`` intersections, predicted and true pixel counts.
+        classes: the ``C`` class names (None: the Kaggle layout's, ``C`` must be 3).
 
     Returns:
         ``dice`` (both empty = 1, the competition's convention), ``dice_skip`` (both-empty pairs skipped) and
@@ -485,26 +531,64 @@ def slice_dice_table(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray) -> d
     >>> round(t["dice"], 4), round(t["dice_skip"], 4), t["dice_small_bowel"]
     (0.5, 0.25, nan)
     """
-    inter, psum, gsum = (np.asarray(a, dtype=np.float64).reshape(-1, len(CLASSES)) for a in (inter, psum, gsum))
+    n = len(classes) if classes is not None else int(np.shape(inter)[-1]) if np.ndim(inter) else 0
+    names = class_names(classes, n, "slice_dice_table")
+    inter, psum, gsum = (np.asarray(a, dtype=np.float64).reshape(-1, n) for a in (inter, psum, gsum))
     denom = psum + gsum
     empty = denom == 0
     d = np.where(empty, 1.0, 2 * inter / np.where(empty, 1, denom))
     out = {"dice": float(d.mean()) if d.size else float("nan")}
     out["dice_skip"] = float(d[~empty].mean()) if (~empty).any() else float("nan")
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(names):
         sel = ~empty[:, c]
         out[f"dice_{name}"] = float(d[sel, c].mean()) if sel.any() else float("nan")
     return out
 
 
 def case_day_metrics(
-    records: Sequence[CaseDayScore], empty: str = DEFAULT_EMPTY, hausdorff: str = DEFAULT_HAUSDORFF
+    records: Sequence[CaseDayScore],
+    empty: str = DEFAULT_EMPTY,
+    hausdorff: str = DEFAULT_HAUSDORFF,
+    classes: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], ScoreResult]:
     """What validation logs for whole case-days: the Dice table of :func:`slice_dice_table` over every slice of
     ``records`` (from :func:`score_case_day`) and ``score``, ``hausdorff``, ``dice_3d`` (the score's Dice part) of
-    :func:`aggregate`; also returns the :class:`ScoreResult`."""
+    :func:`aggregate`; also returns the :class:`ScoreResult`. ``classes``: the class names (None: the Kaggle
+    layout's)."""
     c = np.concatenate([r.counts for r in records])
-    metrics = slice_dice_table(c[..., 0], c[..., 1], c[..., 2])
-    res = aggregate(records, empty, hausdorff)
+    metrics = slice_dice_table(c[..., 0], c[..., 1], c[..., 2], classes)
+    res = aggregate(records, empty, hausdorff, classes)
     metrics.update(score=float(res.score), hausdorff=float(res.hausdorff), dice_3d=float(res.dice))
     return metrics, res
+
+
+def dsc_3d(counts: np.ndarray, empty: str = DEFAULT_EMPTY) -> np.ndarray:
+    """The plain 3D Dice of each class of one volume, ``2 |P ∩ T| / (|P| + |T|)`` over all its voxels.
+
+    Args:
+        counts: int ``(D, C, 3)`` per slice and class the intersection, predicted and true voxel counts
+            (:attr:`CaseDayScore.counts`).
+        empty: both empty -> 1.0 (``"one"``) or NaN (``"skip"``).
+
+    Returns:
+        float64 ``(C,)``.
+
+    >>> dsc_3d(np.array([[[2, 3, 3], [0, 0, 0]], [[1, 1, 2], [0, 1, 0]]]))
+    array([0.66666667, 0.        ])
+    """
+    tot = np.asarray(counts, dtype=np.int64).sum(axis=0)  # (C, 3)
+    return _dice_from_counts(tot[:, 0].astype(np.float64), (tot[:, 1] + tot[:, 2]).astype(np.float64), empty)
+
+
+def dsc_3d_table(
+    records: Sequence[CaseDayScore], classes: Sequence[str] | None = None, empty: str = DEFAULT_EMPTY
+) -> pd.DataFrame:
+    """One row per volume (``case_day``) with ``dsc_{class}``, the plain 3D Dice of each class (:func:`dsc_3d`);
+    the DSC per organ per case that volume datasets (nnU-Net's) report. Records need their ``counts``."""
+    rows = []
+    for r in records:
+        if r.counts is None:
+            raise ValueError(f"{r.case_day}: no voxel counts kept; score it with score_case_day")
+        names = class_names(classes, r.counts.shape[1], "dsc_3d_table")
+        rows.append({"case_day": r.case_day, **{f"dsc_{n}": float(v) for n, v in zip(names, dsc_3d(r.counts, empty))}})
+    return pd.DataFrame(rows)

@@ -1,6 +1,9 @@
-"""Score a submission (or any RLE table) against labels: the file side of :mod:`evaluation.metric`.
+"""Score predictions against labels: the file side of :mod:`evaluation.metric`.
 
-Case-days are decoded and scored one at a time (memory bounded), optionally in a process pool.
+Two kinds of files: the Kaggle layout's RLE tables (a submission against ``train.csv``: :func:`score_files`) and
+folders of label volumes in a WORK's input format (predictions of ``tools/infer.py --work`` against the format's
+label files: :func:`score_folders`, which adds the plain 3D Dice per volume and class). Case-days (volumes) are
+read and scored one at a time (memory bounded), optionally in a process pool.
 """
 
 from __future__ import annotations
@@ -12,13 +15,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from common.io import atomic_write_text, markdown_table
-from data_prep.constants import CLASSES, case_day_of
+from data_prep.constants import case_day_of
+from data_prep.dataset import KAGGLE, DatasetInfo
 from data_prep.layout import RLEVolumes, read_layout, read_rle_table, shapes_manifest
 from data_prep.rle import decode_case_day
-from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, CaseDayScore, ScoreResult, aggregate, score_case_day
+from evaluation.metric import (
+    DEFAULT_EMPTY,
+    DEFAULT_HAUSDORFF,
+    CaseDayScore,
+    ScoreResult,
+    aggregate,
+    dsc_3d_table,
+    score_case_day,
+)
+from evaluation.predictions import prediction_files, prediction_format
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +96,7 @@ def score_tables(
     else:
         it = map(_score_task, tasks())
         records = list(progress(it, total=len(keys)) if progress else it)
-    return aggregate(records, empty, hausdorff, CLASSES)
+    return aggregate(records, empty, hausdorff, KAGGLE.classes)
 
 
 def manifest_for(
@@ -111,6 +125,8 @@ def write_report(result: ScoreResult, out: str | os.PathLike) -> tuple[Path, Pat
         + "\n## Per case-day\n\n"
         + markdown_table(result.per_case_day)
     )
+    if result.dsc_3d is not None:
+        text += "\n## 3D Dice per volume and class\n\n" + markdown_table(result.dsc_3d)
     atomic_write_text(md, text)
     return out, md
 
@@ -146,3 +162,90 @@ def score_files(
         truth = truth[sel]
         truth.attrs["source"] = src
     return score_tables(truth, pred, manifest, empty, hausdorff, workers, progress)
+
+
+# ---------------------------------------------------------------------------------------------- folders of volumes
+
+
+def _volume_task(args: tuple) -> CaseDayScore:
+    key, truth_path, pred_path, info, fmt, empty, hausdorff = args
+    mod = fmt if not isinstance(fmt, str) else prediction_format(fmt)
+    truth = np.asarray(mod.read_prediction(truth_path, info, key), dtype=bool)
+    pred = np.asarray(mod.read_prediction(pred_path, info, key), dtype=bool)
+    want = (truth.ndim == 4) and truth.shape[1] == info.num_classes
+    if not want:
+        raise ValueError(f"{truth_path}: read as shape {truth.shape}, expected (D, {info.num_classes}, H, W)")
+    if pred.shape != truth.shape:
+        raise ValueError(f"{pred_path}: shape {pred.shape} differs from its labels {truth_path}: {truth.shape}")
+    return score_case_day(key, pred, truth, empty, hausdorff)
+
+
+def score_folders(
+    truth_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    info: DatasetInfo,
+    empty: str = DEFAULT_EMPTY,
+    hausdorff: str = DEFAULT_HAUSDORFF,
+    workers: int = 0,
+    progress: Callable | None = None,
+) -> ScoreResult:
+    """Score a folder of predicted label volumes against a folder of true ones, volume by volume.
+
+    Both are read with the format module of ``info.format`` (``read_prediction``, :mod:`evaluation.predictions`),
+    matched by volume key (file name without its ending; ``predictions.json`` when present). The competition
+    score's Hausdorff uses the same normalised definition on each volume's shape ``(D, H, W)``.
+
+    Args:
+        truth_dir: the labels (e.g. an nnU-Net ``labelsTr``), one file per volume; every one is scored.
+        pred_dir: the predictions (``tools/infer.py --work WORK --out DIR``); must hold every truth volume.
+        info: the WORK's dataset description (``data_prep.work.read_dataset(work)``): classes, label kind,
+            geometry of each volume.
+        empty, hausdorff: metric options (:mod:`evaluation.metric`).
+        workers: processes (0: this one).
+        progress: optional wrapper of the iterator (e.g. ``tqdm``) with ``total=``.
+
+    Returns:
+        A :class:`evaluation.metric.ScoreResult` with ``dsc_3d`` (3D Dice per volume and class) and a ``dsc_3d``
+        column in ``per_class`` (its mean over the volumes; the ``all`` row: the mean over the classes).
+
+    Raises:
+        ValueError: a truth volume without prediction (named), a volume unknown to ``info``, shapes that differ.
+        FileNotFoundError: a missing folder.
+    """
+    truth = prediction_files(truth_dir)
+    pred = prediction_files(pred_dir)
+    missing = sorted(set(truth) - set(pred))
+    if missing:
+        raise ValueError(
+            f"{pred_dir}: no prediction for {len(missing)} volume(s) of {truth_dir}: "
+            + ", ".join(str(truth[k].name) for k in missing[:5])
+            + (" ..." if len(missing) > 5 else "")
+        )
+    if info.volumes:
+        unknown = sorted(set(truth) - set(info.volumes))
+        if unknown:
+            raise ValueError(
+                f"{truth[unknown[0]]}: volume {unknown[0]!r} is not in the dataset description (dataset.json of "
+                "--work); give the WORK these volumes were prepared in"
+            )
+    extra = sorted(set(pred) - set(truth))
+    if extra:
+        logger.info("%d prediction(s) without labels are not scored, e.g. %s", len(extra), extra[:3])
+    keys = sorted(truth)
+    fmt = prediction_format(info.format)
+    use_fmt: object = info.format if workers and workers > 1 else fmt
+    tasks = [(k, truth[k], pred[k], info, use_fmt, empty, hausdorff) for k in keys]
+    if workers and workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            it = ex.map(_volume_task, tasks)
+            records = list(progress(it, total=len(keys)) if progress else it)
+    else:
+        it = map(_volume_task, tasks)
+        records = list(progress(it, total=len(keys)) if progress else it)
+    res = aggregate(records, empty, hausdorff, info.classes)
+    table = dsc_3d_table(records, info.classes, empty)
+    means = [float(np.nanmean(table[f"dsc_{c}"])) if table[f"dsc_{c}"].notna().any() else np.nan for c in info.classes]
+    overall = float(np.nanmean(means)) if not np.isnan(means).all() else np.nan
+    res.per_class["dsc_3d"] = [*means, overall]
+    res.dsc_3d = table
+    return res

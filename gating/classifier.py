@@ -1,14 +1,19 @@
-"""The slice classifier: a timm model with 3 presence logits on 2.5D stacks, its inputs, files and inference.
+"""The slice classifier: a timm model with one presence logit per class on 2.5D stacks, its inputs, files and
+inference.
 
-Input of slice ``z``: the channels ``data_prep.volumes.stack_indices(z, D, stride, channels)`` of the uint16
-volume, divided by the stack's own maximum (the 1st place's normalisation), resized to ``img_size``
-(bilinear). Output: 3 logits, one per class of ``CLASSES``; presence probability = sigmoid.
+Input of slice ``z``: the slices ``data_prep.volumes.stack_indices(z, D, stride, channels)`` of each image channel
+of the uint16 volume (``K`` channels of ``WORK/dataset.json``, modality-major: channel 0's stack, then channel
+1's), each stack divided by its own maximum (the 1st place's normalisation), resized to ``img_size`` (bilinear).
+Output: ``C`` logits, one per class of the dataset it was trained on (:attr:`SliceClassifier.classes`, recorded in
+the checkpoint); presence probability = sigmoid.
 
 - :func:`build_classifier`: any timm model name, never downloaded; optional pretrained weights from a local file
   (timm adapts the first conv to ``in_chans`` and drops a head of another size).
 - :func:`stack_image` / :func:`preprocess_volume`: the input of one slice / of a whole volume (fast inference).
-- :class:`SliceClassifier`: ``load(checkpoint, device, config=None)`` + ``predict_volume(volume, batch_size)``.
-- :func:`write_cls_probs` / :func:`read_cls_probs`: ``cls_probs.csv`` of docs/contracts.md, ids checked.
+- :class:`SliceClassifier`: ``load(checkpoint, device, config=None, work=None)`` + ``predict_volume(volume,
+  batch_size)``; ``.classes``.
+- :func:`write_cls_probs` / :func:`read_cls_probs`: ``cls_probs.csv`` of docs/contracts.md (``id`` + one column per
+  class), ids checked.
 - :func:`predict_work`: probabilities for every slice of a WORK folder (test or out-of-fold).
 
 Training: the mmengine modules of :mod:`gating.mm` (``mmcfg/gating/`` configs, ``tools/train.py``).
@@ -31,11 +36,25 @@ import torch
 from mmengine.config import Config
 
 from common.io import atomic_write_bytes
-from data_prep.constants import CLASSES, NUM_CLASSES
+from data_prep.dataset import KAGGLE
 from data_prep.volumes import stack_indices
-from data_prep.work import load_volume, read_manifest
-from training.checks import check_timm_name, load_checked_weights, timm_pretrained_overlay
-from training.config import build_model, load_config
+from data_prep.work import load_volume, read_dataset, read_manifest
+from training.checks import (
+    check_dataset_matches,
+    check_timm_name,
+    checkpoint_meta,
+    load_checked_weights,
+    timm_pretrained_overlay,
+    volume_channels,
+)
+from training.config import (
+    DATASET_META_KEY,
+    build_model,
+    check_dataset_summary,
+    config_for_checkpoint,
+    dataset_summary,
+    model_classes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +79,7 @@ __all__ = [
 def build_classifier(
     name: str,
     in_chans: int = 3,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int = KAGGLE.num_classes,
     pretrained: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> torch.nn.Module:
@@ -68,8 +87,8 @@ def build_classifier(
 
     Args:
         name: any timm model name (``efficientnet_b0``, ``convnext_tiny``, ``tf_efficientnetv2_s``, ...).
-        in_chans: input channels (3 or 5 for the 2.5D stacks).
-        num_classes: logits (3 presence logits).
+        in_chans: input channels (3 or 5 for the 2.5D stacks of one image channel; ``x K`` for ``K`` channels).
+        num_classes: presence logits, one per class (default: the Kaggle layout's 3).
         pretrained: optional local checkpoint (``.pth``/``.bin``/``.safetensors`` state dict of the same
             architecture); its first conv is adapted to ``in_chans`` and a head of another size is dropped.
         **kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ...).
@@ -96,19 +115,27 @@ def build_classifier(
 
 
 def stack_image(
-    volume: np.ndarray, z: int, channels: int = 3, stride: int = 2, img_size: tuple[int, int] | None = None
+    volume: np.ndarray | Sequence[np.ndarray],
+    z: int,
+    channels: int = 3,
+    stride: int = 2,
+    img_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The classifier input of slice ``z``: the 2.5D stack divided by its own max, resized.
 
     Args:
-        volume: ``uint16 (D, H, W)``.
+        volume: ``uint16 (D, H, W)``, or a list of ``K`` image channels ``(D, H, W)``: their stacks are
+            concatenated, each divided by its own max.
         z: slice index.
         channels, stride: see :func:`data_prep.volumes.stack_indices`.
         img_size: ``(h, w)`` output size, None keeps ``(H, W)``.
 
     Returns:
-        ``float32 (channels, h, w)`` in ``[0, 1]`` (all zeros for an all-zero stack).
+        ``float32 (channels x K, h, w)`` in ``[0, 1]`` (all zeros for an all-zero stack).
     """
+    if isinstance(volume, (list, tuple)):
+        parts = [stack_image(v, z, channels, stride, img_size) for v in volume]
+        return parts[0] if len(parts) == 1 else np.ascontiguousarray(np.concatenate(parts))
     x = np.asarray(volume[stack_indices(z, volume.shape[0], stride, channels)], dtype=np.float32)
     peak = float(x.max())
     if peak > 0:
@@ -152,20 +179,29 @@ def preprocess_volume(
 META_KEY = "slice_classifier"
 
 
+def _summary(cfg: Any) -> dict[str, Any]:
+    """The ``dataset_info`` of a loaded config (the Kaggle layout's for a config not made by ``load_config``)."""
+    summary = cfg.get("dataset_info")
+    return check_dataset_summary(summary, "dataset_info") if summary is not None else dataset_summary(KAGGLE)
+
+
 def run_meta(cfg: Any) -> dict[str, Any]:
     """The model and input definition of a classifier config as plain data, for ``checkpoint["meta"][META_KEY]``
     (written by ``gating.mm.ClsInputMetaHook``): ``{"model": model config dict, "channels", "stride", "img_size",
-    "classes"}``. A config is Python, and one stored in a checkpoint is never executed: this is what
-    :meth:`SliceClassifier.load` rebuilds the model from when no config is given (``training.config.build_model``
-    drops ``pretrained``: the weights come from the checkpoint); it refuses one whose ``classes`` differ from
-    ``CLASSES``."""
+    "classes", "label_kind", "image_channels"}`` (``channels``: the stack depth per image channel;
+    ``image_channels``: the dataset's image channels). A config is Python, and one stored in a checkpoint is never
+    executed: this is what :meth:`SliceClassifier.load` rebuilds the model from when no config is given
+    (``training.config.build_model`` drops ``pretrained``: the weights come from the checkpoint)."""
     channels, stride, img_size = input_definition(cfg, str(cfg.get("filename") or "the run's config"))
+    summary = _summary(cfg)
     return {
         "model": cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model),
         "channels": channels,
         "stride": stride,
         "img_size": list(img_size),
-        "classes": list(CLASSES),
+        "classes": list(summary["classes"]),
+        "label_kind": summary["label_kind"],
+        "image_channels": list(summary["channels"]),
     }
 
 
@@ -188,6 +224,31 @@ def stored_meta(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     meta = raw.get("meta") if isinstance(raw, dict) else None
     stored = meta.get(META_KEY) if isinstance(meta, dict) else None
     return stored if isinstance(stored, dict) and "model" in stored else None
+
+
+def _trained_on(checkpoint: str | os.PathLike, stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a classifier checkpoint predicts: its ``meta["dataset"]`` (the training engine's), else the classes of
+    its stored definition (older checkpoints), else None.
+
+    Raises:
+        ValueError: the two disagree (the checkpoint was edited), naming both class lists.
+    """
+    summary = checkpoint_meta(checkpoint).get(DATASET_META_KEY)
+    summary = check_dataset_summary(summary, f"{checkpoint} meta['dataset']") if summary is not None else None
+    if stored is None or not stored.get("classes"):
+        return summary
+    if summary is not None and list(stored["classes"]) != summary["classes"]:
+        raise ValueError(
+            f"{checkpoint} was trained on the classes {list(stored['classes'])} (meta['{META_KEY}']), but its "
+            f"meta['dataset'] says {summary['classes']}: the checkpoint was altered; use the file tools/train.py wrote"
+        )
+    if summary is not None:
+        return summary
+    channels = stored.get("image_channels") or KAGGLE.channels
+    label_kind = stored.get("label_kind") or KAGGLE.label_kind
+    return check_dataset_summary(
+        {"classes": stored["classes"], "label_kind": label_kind, "channels": channels}, f"{checkpoint}"
+    )
 
 
 def input_definition(cfg: Any, source: str) -> tuple[int, int, tuple[int, int]]:
@@ -216,9 +277,12 @@ class SliceClassifier:
 
     Attributes:
         model: the ``gating.mm.SliceClassifierModel`` (eval mode, on ``device``); ``model(x)`` gives logits
-            float ``(N, 3)`` of inputs float32 ``(N, channels, h, w)``.
+            float ``(N, C)`` of inputs float32 ``(N, channels x K, h, w)``.
         device: torch device.
-        channels, stride, img_size: the input definition it was trained with.
+        channels, stride, img_size: the input definition it was trained with (``channels`` slices per image channel).
+        classes: the class names of the ``C`` outputs, in order.
+        label_kind: ``"overlapping"`` or ``"exclusive"``.
+        image_channels: the names of the ``K`` image channels it reads.
     """
 
     model: torch.nn.Module
@@ -226,6 +290,14 @@ class SliceClassifier:
     channels: int
     stride: int
     img_size: tuple[int, int]
+    classes: tuple[str, ...] = KAGGLE.classes
+    label_kind: str = KAGGLE.label_kind
+    image_channels: tuple[str, ...] = KAGGLE.channels
+
+    @property
+    def dataset_info(self) -> dict[str, Any]:
+        """What the model predicts: ``{"classes", "label_kind", "channels"}`` (``training.config.dataset_summary``)."""
+        return {"classes": list(self.classes), "label_kind": self.label_kind, "channels": list(self.image_channels)}
 
     @classmethod
     def load(
@@ -233,35 +305,37 @@ class SliceClassifier:
         checkpoint: str | os.PathLike,
         device: str | torch.device = "cpu",
         config: str | os.PathLike | Any | None = None,
+        work: str | os.PathLike | None = None,
     ) -> SliceClassifier:
         """Load a checkpoint of ``tools/train.py`` (e.g. ``best.pth``) with ``weights_only=True``.
 
         The model is built from ``config`` (or, without it, from the plain-data definition the checkpoint stores,
         :func:`run_meta`; a config stored in a checkpoint is never executed) and the weights are checked against
-        it. The input definition (``channels, stride, img_size``) is the one the checkpoint was trained with when it
-        stores it (``--cfg-options img_size=...`` at training time; a given config that says otherwise is logged as a
-        warning), else the given config's.
+        it. Its classes and image channels are the checkpoint's (``meta["dataset"]``: a config whose
+        ``num_classes`` is None builds that many logits). The input definition (``channels, stride, img_size``) is
+        the one the checkpoint was trained with when it stores it (``--cfg-options img_size=...`` at training time;
+        a given config that says otherwise is logged as a warning), else the given config's.
 
         Args:
             checkpoint: an mmengine checkpoint (``state_dict``; a bare state dict works with ``config``).
             device: torch device.
             config: the ``mmcfg/gating/`` config it was trained with (a path or an ``mmengine.Config``); None builds
                 from the definition stored in the checkpoint (``meta["slice_classifier"]``).
+            work: the WORK folder it will predict; its ``dataset.json`` must list the model's classes (same order)
+                and image channel count. None skips the check.
 
         Raises:
             FileNotFoundError: missing checkpoint or config.
             ValueError: unreadable with ``weights_only=True``, no stored config (and none given), not a classifier
-                config, trained on other classes than ``CLASSES`` (stored ``classes``), or weights of another config
-                (``training.checks.CheckpointMismatchError``).
+                config, a stored definition whose classes contradict the checkpoint's or the config's, a config whose
+                explicit ``num_classes`` differs from the checkpoint's classes, weights of another config
+                (``training.checks.CheckpointMismatchError``), or a ``work`` of other classes
+                (``training.checks.DatasetMismatchError``, both lists named).
         """
         import gating.mm  # noqa: F401  (registers SliceClassifierModel; the config's custom_imports does it too)
 
         stored = stored_meta(checkpoint)
-        if stored is not None and "classes" in stored and list(stored["classes"]) != list(CLASSES):
-            raise ValueError(
-                f"{checkpoint} was trained on the classes {list(stored['classes'])}, this code predicts "
-                f"{list(CLASSES)} (in this order): retrain the classifier"
-            )
+        predicts = _trained_on(checkpoint, stored)
         if config is None:
             if stored is None:
                 raise ValueError(
@@ -274,14 +348,12 @@ class SliceClassifier:
                 raise ValueError(
                     f"{checkpoint}: the stored model type {stored['model'].get('type')!r} is not a slice classifier"
                 )
-            cfg = Config({"model": stored["model"]})
+            cfg = Config({"model": stored["model"], "dataset_info": predicts or dataset_summary(KAGGLE)})
             channels, stride = int(stored["channels"]), int(stored["stride"])
             img_size = (int(stored["img_size"][0]), int(stored["img_size"][1]))
         else:
-            if hasattr(config, "model"):
-                cfg, source = config, str(config.filename or "the given config")
-            else:
-                cfg, source = load_config(config), str(config)
+            source = str(config.filename or "the given config") if hasattr(config, "model") else str(config)
+            cfg = config_for_checkpoint(config, checkpoint)
             channels, stride, img_size = input_definition(cfg, source)
             trained = (int(stored["channels"]), int(stored["stride"]), tuple(stored["img_size"])) if stored else None
             if trained is not None and trained != (channels, stride, img_size):
@@ -293,36 +365,56 @@ class SliceClassifier:
                     (channels, stride, img_size),
                 )
                 channels, stride, img_size = trained
+        summary = _summary(cfg)
+        classes = model_classes(cfg) if config is not None else tuple(summary["classes"])
+        if predicts is not None and list(classes) != list(predicts["classes"]):
+            raise ValueError(
+                f"{checkpoint} was trained on the classes {predicts['classes']}, but {source} predicts {list(classes)} "
+                "(in this order): pass the config it was trained with"
+            )
         model = load_checked_weights(build_model(cfg), checkpoint, source)
         dev = torch.device(device)
         model.to(dev).eval()
-        return cls(model, dev, channels, stride, img_size)
+        clf = cls(
+            model, dev, channels, stride, img_size, tuple(classes), summary["label_kind"], tuple(summary["channels"])
+        )
+        if work is not None:
+            info = read_dataset(work)
+            check_dataset_matches(
+                clf.dataset_info, info.classes, info.num_channels, str(checkpoint), f"{work}/dataset.json"
+            )
+        return clf
 
     @torch.no_grad()
-    def predict_volume(self, volume: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    def predict_volume(self, volume: np.ndarray | Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Presence probabilities of every slice of a case-day.
 
         Args:
-            volume: ``uint16 (D, H, W)``, z in manifest order.
+            volume: ``uint16 (D, H, W)``, z in manifest order; for ``K > 1`` image channels ``(K, D, H, W)`` or a
+                list of ``K`` ``(D, H, W)`` arrays, in :attr:`image_channels` order.
             batch_size: slices per forward pass.
 
         Returns:
-            ``float32 (D, 3)`` in ``[0, 1]``, columns in the order of ``CLASSES``.
+            ``float32 (D, C)`` in ``[0, 1]``, columns in the order of :attr:`classes`.
+
+        Raises:
+            ValueError: a volume of another number of image channels, or ``batch_size < 1``.
         """
-        vol = np.asarray(volume)
-        if vol.ndim != 3:
-            raise ValueError(f"volume must be uint16 (D, H, W) of one case-day, got shape {vol.shape}")
+        parts = volume_channels(volume, len(self.image_channels), "the classifier's volume")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        d = vol.shape[0]
-        resized, stack_max = preprocess_volume(vol, self.channels, self.stride, self.img_size)
+        d = parts[0].shape[0]
+        pre = [preprocess_volume(np.asarray(v), self.channels, self.stride, self.img_size) for v in parts]
         idx = np.stack([stack_indices(z, d, self.stride, self.channels) for z in range(d)]) if d else None
-        rv = torch.from_numpy(resized)
-        out = np.zeros((d, NUM_CLASSES), np.float32)
+        out = np.zeros((d, len(self.classes)), np.float32)
         amp = self.device.type == "cuda"
         for s in range(0, d, batch_size):
             e = min(d, s + batch_size)
-            x = rv[torch.from_numpy(idx[s:e])] / torch.from_numpy(stack_max[s:e])[:, None, None, None]
+            xs = [
+                torch.from_numpy(rv)[torch.from_numpy(idx[s:e])] / torch.from_numpy(mx[s:e])[:, None, None, None]
+                for rv, mx in pre
+            ]
+            x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
             with torch.autocast("cuda", enabled=amp):
                 logits = self.model(x.to(self.device, non_blocking=True))
             out[s:e] = torch.sigmoid(logits.float()).cpu().numpy()
@@ -332,18 +424,24 @@ class SliceClassifier:
 # --------------------------------------------------------------------------------------------------- files
 
 
-def write_cls_probs(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -> Path:
-    """Write ``cls_probs.csv`` (``id, large_bowel, small_bowel, stomach``) atomically.
+def write_cls_probs(
+    path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str] = KAGGLE.classes
+) -> Path:
+    """Write ``cls_probs.csv`` (``id`` and one column per class, e.g. ``id, large_bowel, small_bowel, stomach``)
+    atomically.
 
     Args:
         path: the csv path (its folder is created).
         ids: slice ids, one per row of ``probs``.
-        probs: ``float (N, 3)`` presence probabilities.
+        probs: ``float (N, C)`` presence probabilities.
+        classes: the ``C`` class names, in column order (the classifier's :attr:`SliceClassifier.classes`).
     """
     probs = np.asarray(probs, dtype=np.float64)
-    if probs.shape != (len(ids), NUM_CLASSES):
-        raise ValueError(f"probs must be ({len(ids)}, {NUM_CLASSES}), got {probs.shape}")
-    df = pd.DataFrame(probs, columns=list(CLASSES))
+    if probs.shape != (len(ids), len(classes)):
+        raise ValueError(
+            f"probs must be ({len(ids)}, {len(classes)}) for the classes {list(classes)}, got {probs.shape}"
+        )
+    df = pd.DataFrame(probs, columns=list(classes))
     df.insert(0, "id", list(ids))
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.6f")
@@ -371,19 +469,23 @@ def check_ids(found: Iterable[str], expected: Iterable[str], what: str = "classi
         )
 
 
-def read_cls_probs(path: str | os.PathLike, expected_ids: Iterable[str] | None = None) -> pd.DataFrame:
+def read_cls_probs(
+    path: str | os.PathLike, expected_ids: Iterable[str] | None = None, classes: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Read ``cls_probs.csv``, checked: columns, probabilities in ``[0, 1]``, no duplicate ids, and (optionally)
     exactly the ids of the manifest.
 
     Args:
         path: ``cls_probs.csv``.
         expected_ids: the ids it must cover exactly (e.g. ``manifest.id``); None skips the check.
+        classes: the class columns it must have (the dataset's, ``read_dataset(work).classes``); None: every column
+            after ``id``.
 
     Returns:
-        frame with ``id`` and the class columns (float64), in the file's order.
+        frame with ``id`` and the class columns (float64), rows in the file's order, columns in ``classes`` order.
 
     Raises:
-        FileNotFoundError, ValueError: see :func:`check_ids`.
+        FileNotFoundError, ValueError: see :func:`check_ids`; a missing class column (named).
     """
     path = Path(path)
     if not path.is_file():
@@ -392,10 +494,14 @@ def read_cls_probs(path: str | os.PathLike, expected_ids: Iterable[str] | None =
             "(or tools/train_cls.py for out-of-fold ones)"
         )
     df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
-    need = ["id", *CLASSES]
-    if list(df.columns[: len(need)]) != need and not set(need) <= set(df.columns):
+    names = [c for c in df.columns if c != "id"] if classes is None else [str(c) for c in classes]
+    need = ["id", *names]
+    if not names or not set(need) <= set(df.columns):
         raise ValueError(f"{path} must have columns {need}, got {list(df.columns)}")
-    vals = df[list(CLASSES)].to_numpy(np.float64)
+    try:
+        vals = df[names].to_numpy(np.float64)
+    except ValueError as e:
+        raise ValueError(f"{path}: the class columns {names} must hold probabilities ({e})") from None
     if np.isnan(vals).any() or (vals < 0).any() or (vals > 1).any():
         raise ValueError(f"{path}: probabilities must be in [0, 1]")
     dup = df["id"][df["id"].duplicated()].tolist()
@@ -417,7 +523,8 @@ def predict_work(
     """Presence probabilities for every slice of a WORK folder (e.g. a prepared test tree), written to ``out``.
 
     Args:
-        clf: a loaded classifier.
+        clf: a loaded classifier (its classes name the columns; it reads as many image channels as it was trained
+            on: ``volumes/{key}.npy``, ``volumes/{key}_ch{k}.npy``).
         work: WORK folder with ``manifest.csv`` and ``volumes/``.
         out: ``cls_probs.csv`` path.
         batch_size: slices per forward pass.
@@ -438,16 +545,16 @@ def predict_work(
 
         groups = tqdm(groups, desc="classifier", unit="case-day")
     for cd, rows in groups:
-        vol = load_volume(work, cd)
-        if int(rows["z"].max()) >= len(vol):
+        vols = [load_volume(work, cd, channel=k) for k in range(len(clf.image_channels))]
+        if int(rows["z"].max()) >= len(vols[0]):
             raise ValueError(
-                f"{cd}: the manifest names slice z={int(rows['z'].max())} but the volume has {len(vol)} slices; "
+                f"{cd}: the manifest names slice z={int(rows['z'].max())} but the volume has {len(vols[0])} slices; "
                 "prepare the WORK folder again"
             )
-        p = clf.predict_volume(vol, batch_size)
+        p = clf.predict_volume(vols, batch_size)
         ids.extend(rows["id"].tolist())
         probs.append(p[rows["z"].to_numpy(int)])
-    arr = np.concatenate(probs) if probs else np.zeros((0, NUM_CLASSES))
-    write_cls_probs(out, ids, arr)
+    arr = np.concatenate(probs) if probs else np.zeros((0, len(clf.classes)))
+    write_cls_probs(out, ids, arr, clf.classes)
     logger.info("wrote %d slice probabilities to %s", len(ids), out)
-    return read_cls_probs(out)
+    return read_cls_probs(out, classes=clf.classes)

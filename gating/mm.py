@@ -3,11 +3,15 @@
 The configs under ``mmcfg/gating/`` name this module in ``custom_imports`` and train on the project's one
 training engine (``training.runner.GIRunner``, ``tools/train.py``):
 
+Any dataset: the classes (``C``) and image channels (``K``) come from the WORK's description (``WORK/dataset.json``,
+:func:`data_prep.work.read_dataset`; the Kaggle layout without one).
+
 - ``SliceStackDataset`` (DATASETS): one sample per slice of a fold's side (``train``: variant ``all`` of
   ``splits.json`` by default, the fault list applies; ``val``: the fold's val slices, never filtered; ``all``:
-  every slice of the classifier table). Input: the 2.5D stack of :func:`gating.classifier.stack_image`, float32
-  ``(channels, h, w)`` in ``[0, 1]``; training side: light augmentations (:func:`augment`). Targets: the 0/1
-  presence columns of ``exports/classifier.csv`` (``data_prep.exports.read_classifier_table``).
+  every slice of the classifier table). Input: the 2.5D stacks of every image channel
+  (:func:`gating.classifier.stack_image`), float32 ``(channels x K, h, w)`` in ``[0, 1]``; training side: light
+  augmentations (:func:`augment`). Targets: the 0/1 presence columns of ``exports/classifier.csv``
+  (``data_prep.exports.read_classifier_table``), one per class of the dataset.
 - ``SliceClassifierModel`` (MODELS): a timm model (:func:`gating.classifier.build_classifier`) with
   ``num_classes`` presence logits; ``forward(inputs, data_samples, mode)``: ``"tensor"`` -> logits float
   ``(N, C)``, ``"loss"`` -> ``{"loss"}`` (BCE with logits on the presence targets), ``"predict"`` -> the data
@@ -46,9 +50,8 @@ from mmengine.structures import BaseDataElement
 from torch import nn
 
 from common.engine import is_main_process
-from data_prep.constants import CLASSES, NUM_CLASSES
+from data_prep.dataset import KAGGLE
 from data_prep.exports import read_classifier_table
-from data_prep.volumes import unpack_mask
 from data_prep.work import (
     SPLITS,
     check_variant,
@@ -58,6 +61,7 @@ from data_prep.work import (
     has_mask,
     load_mask,
     load_volume,
+    read_dataset,
     read_splits,
     select_ids,
 )
@@ -151,9 +155,9 @@ def _check_aug(aug: dict[str, Any] | None) -> dict[str, Any] | None:
 class SliceStackDataset(BaseDataset):
     """Slices of data_prep's WORK folder as classifier samples.
 
-    A sample is ``dict(inputs=float32 tensor (channels, h, w), data_samples=BaseDataElement)``; the element's
-    metainfo holds ``id, case_day, z`` and its ``gt_label`` is float32 ``(3,)`` (0/1 presence, class order
-    ``CLASSES``, from ``exports/classifier.csv``).
+    A sample is ``dict(inputs=float32 tensor (channels x K, h, w), data_samples=BaseDataElement)``; the element's
+    metainfo holds ``id, case_day, z`` and its ``gt_label`` is float32 ``(C,)`` (0/1 presence in the class order of
+    the WORK's ``dataset.json``, from ``exports/classifier.csv``).
 
     Args:
         work: WORK folder (``manifest.csv``, ``volumes/``, ``splits/splits.json``, ``exports/classifier.csv``).
@@ -162,7 +166,7 @@ class SliceStackDataset(BaseDataset):
             side, filtered by ``variant``; the fault list applies), ``val`` (the fold's val slices, never filtered)
             or ``all`` (every slice of the classifier table).
         variant: training side filter (``all``, ``notail``, ``noanno``); the classifier trains on ``all``.
-        channels, stride: the 2.5D stack (``data_prep.volumes.stack_indices``).
+        channels, stride: the 2.5D stack of each image channel (``data_prep.volumes.stack_indices``).
         img_size: ``(h, w)`` of the network input (bilinear resize).
         aug: augmentation settings (keys of :data:`AUG_KEYS`), applied unless ``test_mode``; None = none. Each
             draw takes a generator seeded from numpy's global RNG, which mmengine seeds per process and worker
@@ -170,10 +174,11 @@ class SliceStackDataset(BaseDataset):
         **kwargs: mmengine ``BaseDataset`` arguments (``test_mode``, ``serialize_data``, ``lazy_init``, ...).
 
     Raises:
-        ValueError: unknown split, variant or augmentation key; ids missing from the classifier table.
+        ValueError: unknown split, variant or augmentation key; ids or class columns missing from the classifier
+            table.
     """
 
-    METAINFO = dict(classes=CLASSES)
+    METAINFO = dict(classes=KAGGLE.classes)  # a WORK without dataset.json
 
     def __init__(
         self,
@@ -205,11 +210,16 @@ class SliceStackDataset(BaseDataset):
         self.channels, self.stride = int(channels), int(stride)
         self.img_size = (int(img_size[0]), int(img_size[1]))
         self.aug = _check_aug(aug)
-        self._volumes: dict[str, np.ndarray] = {}
+        self.dataset = read_dataset(self.work)
+        self._volumes: dict[str, list[np.ndarray]] = {}
+        kwargs.setdefault(
+            "metainfo",
+            dict(classes=self.dataset.classes, label_kind=self.dataset.label_kind, channels=self.dataset.channels),
+        )
         super().__init__(**kwargs)
 
     def load_data_list(self) -> list[dict]:
-        """One dict per slice: ``id, case_day, z`` and ``gt_label`` float32 ``(3,)``."""
+        """One dict per slice: ``id, case_day, z`` and ``gt_label`` float32 ``(C,)``."""
         work = check_work(self.work, need_masks=False, need_splits=self.split != "all")
         table = read_classifier_table(work).set_index("id")
         ids = select_ids(work, self.fold, self.split, self.variant)
@@ -222,8 +232,16 @@ class SliceStackDataset(BaseDataset):
                 f"{work}, e.g. {missing[:5]}: make the export again with "
                 f"`python -m data_prep export classifier --work {work} --overwrite`"
             )
+        classes = list(self.dataset.classes)
+        absent = [c for c in classes if c not in table.columns]
+        if absent:
+            raise ValueError(
+                f"the classifier table of {work} has no column for the classes {absent} of its dataset.json "
+                f"({classes}): make the export again with `python -m data_prep export classifier --work {work} "
+                "--overwrite`"
+            )
         rows = table.loc[ids]
-        labels = rows[list(CLASSES)].to_numpy(np.float32)
+        labels = rows[classes].to_numpy(np.float32)
         out = [
             dict(id=str(sid), case_day=str(r.case_day), z=int(r.z), gt_label=labels[i])
             for i, (sid, r) in enumerate(zip(rows.index, rows.itertuples(index=False)))
@@ -233,9 +251,11 @@ class SliceStackDataset(BaseDataset):
         logger.info("%s fold=%s %s/%s: %d slices", work, self.fold, self.split, self.variant, len(out))
         return out
 
-    def _volume(self, case_day: str) -> np.ndarray:
+    def _volume(self, case_day: str) -> list[np.ndarray]:
+        """The ``K`` image channels of a case-day (memory-mapped, kept open)."""
         if case_day not in self._volumes:
-            self._volumes[case_day] = load_volume(self.work, case_day)
+            k = self.dataset.num_channels
+            self._volumes[case_day] = [load_volume(self.work, case_day, channel=c) for c in range(k)]
         return self._volumes[case_day]
 
     def prepare_data(self, idx: int) -> dict[str, Any]:
@@ -262,7 +282,8 @@ class SliceClassifierModel(BaseModel):
     Args:
         model_name: any timm model name (checked with close names on error).
         in_channels: input channels (the stack's ``channels``; the ``stack`` shortcut fills it).
-        num_classes: presence logits (3, class order ``CLASSES``).
+        num_classes: presence logits, one per class of the dataset (the ``num_classes`` shortcut of
+            :mod:`training.config` fills it from ``WORK/dataset.json``; default: the Kaggle layout's 3).
         pretrained: None, or a local timm checkpoint of the same architecture (never downloaded; its first conv
             is adapted to ``in_channels`` and a head of another size is dropped).
         data_preprocessor: default ``GIDataPreProcessor`` (``training.runner``: stacks the batch on the device).
@@ -278,12 +299,17 @@ class SliceClassifierModel(BaseModel):
         self,
         model_name: str,
         in_channels: int = 3,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int | None = KAGGLE.num_classes,
         pretrained: str | os.PathLike | None = None,
         data_preprocessor: dict | nn.Module | None = None,
         init_cfg: dict | None = None,
         **timm_kwargs: Any,
     ) -> None:
+        if num_classes is None:
+            raise ValueError(
+                "model.num_classes is None: load the config with training.config.load_config (it takes the class "
+                "count from WORK/dataset.json, or from the checkpoint at inference)"
+            )
         preprocessor = data_preprocessor or GIDataPreProcessor()
         super().__init__(data_preprocessor=preprocessor, init_cfg=init_cfg)
         try:
@@ -359,10 +385,12 @@ class SliceClsMetric(BaseMetric):
     slices of a case-day are taken in ``z`` order (the val side holds whole case-days).
 
     Args:
-        work: data_prep's WORK folder (the ``work`` shortcut fills it).
+        work: data_prep's WORK folder (the ``work`` shortcut fills it); its ``dataset.json`` says how to read the
+            masks.
         threshold: presence threshold of the gate (and of F1).
         empty, hausdorff: conventions of ``evaluation.metric`` (defaults: the project's).
         collect_device, prefix: of mmengine's ``BaseMetric``.
+        classes: the class names of the ``C`` outputs (None: the WORK's; the shortcut fills it).
 
     Raises:
         ValueError: no WORK, or a val case-day without a mask.
@@ -378,12 +406,14 @@ class SliceClsMetric(BaseMetric):
         hausdorff: str = DEFAULT_HAUSDORFF,
         collect_device: str = "cpu",
         prefix: str | None = None,
+        classes: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix, **kwargs)
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"val_evaluator.threshold must be in [0, 1], got {threshold}")
         self.work = None if work is None else str(work)
+        self._classes = tuple(classes) if classes else None
         self.threshold = float(threshold)
         self.empty = empty
         self.hausdorff = hausdorff
@@ -404,6 +434,13 @@ class SliceClsMetric(BaseMetric):
         """The metrics of the collected slices (duplicates of a distributed sampler's padding dropped)."""
         if self.work is None:
             raise ValueError("SliceClsMetric needs the WORK folder (val_evaluator.work; the `work` shortcut fills it)")
+        info = read_dataset(self.work)
+        classes = self._classes or info.classes
+        if tuple(classes) != tuple(info.classes):
+            raise ValueError(
+                f"SliceClsMetric: classes {list(classes)} differ from the classes {list(info.classes)} of "
+                f"{self.work}/dataset.json"
+            )
         seen: dict[str, dict] = {}
         for r in results:
             seen.setdefault(r["id"], r)
@@ -419,14 +456,14 @@ class SliceClsMetric(BaseMetric):
                 )
             recs = sorted(by_cd[cd], key=lambda r: r["z"])
             zs = np.array([r["z"] for r in recs])
-            masks = unpack_mask(np.asarray(load_mask(self.work, cd)[zs])).astype(bool)  # (n, C, H, W)
+            masks = info.unpack(np.asarray(load_mask(self.work, cd)[zs])).astype(bool)  # (n, C, H, W)
             p = np.stack([r["probs"] for r in recs])
             present = masks.reshape(masks.shape[0], masks.shape[1], -1).any(axis=2)
             records.append(gate_score(p >= self.threshold, masks, cd, self.empty, self.hausdorff))
             probs.append(p)
             truth.append(present)
-        out = classification_metrics(np.concatenate(probs), np.concatenate(truth), self.threshold)
-        res = aggregate(records, self.empty, self.hausdorff)
+        out = classification_metrics(np.concatenate(probs), np.concatenate(truth), self.threshold, classes)
+        res = aggregate(records, self.empty, self.hausdorff, classes)
         out.update(score=float(res.score), dice=float(res.dice), hausdorff=float(res.hausdorff))
         return out
 
@@ -485,7 +522,7 @@ class ClsOOFHook(Hook):
         splits = read_splits(work)
         net = runner.model.module if is_model_wrapper(runner.model) else runner.model
         device = next(net.parameters()).device
-        clf = SliceClassifier.load(best, device, config=runner.cfg)
+        clf = SliceClassifier.load(best, device, config=runner.cfg, work=work)
         batch_size = int(self.batch_size or loader.batch_size or 1)
         out = predict_work(clf, work, work_dir / self.filename, batch_size, case_days=fold_case_days(splits, fold)[1])
         check_ids(out["id"], fold_ids(splits, fold, "val"), what=f"out-of-fold probabilities of fold {fold}")

@@ -1,9 +1,15 @@
-"""Inference from a test tree to ``submission.csv``: crop -> gate -> 2.5D segmenters on kept slices -> 3D ->
-fuse -> post-process -> RLE -> CSV, streaming one case-day at a time (memory bounded by one case-day).
+"""Inference with an ensemble spec: crop -> gate -> 2.5D segmenters on kept slices -> 3D -> fuse -> post-process,
+streaming one case-day (volume) at a time (memory bounded by one volume), written in the input's format.
 
-The fuse -> gate -> post-process rule is :func:`ensembles.core.ensemble`, the function the search scores with;
-this module loads the models, runs them on each case-day's volume and writes the results. ``tools/infer.py`` is
-its command line.
+Two inputs (:func:`infer`): a Kaggle test tree (``data_root``: PNG scans -> ``submission.csv``, RLE rows), or a
+prepared WORK folder of any format (``work=``: its volumes, every image channel): a Kaggle WORK gives the same
+``submission.csv``; any other format gives one prediction per volume written by the format's module
+(``data_prep.readers.{format}.write_prediction``, :mod:`evaluation.predictions`) into the output folder, with
+``predictions.json`` listing them (resumable: a listed volume is skipped unless ``overwrite``).
+
+The fuse -> gate -> post-process rule is :func:`ensembles.core.ensemble`, the function the search scores with
+(exclusive classes: one class per pixel); this module loads the models, runs them on each volume and writes the
+results. ``tools/infer.py`` is its command line.
 
 Model loading goes through :data:`LOADERS` (``kind -> (spec_model, checkpoint, device) -> predictor``), so the
 pipeline is testable with any object that has the contract's ``predict_volume`` / ``predict_boxes``.
@@ -26,12 +32,15 @@ import pandas as pd
 from common.io import atomic_write_text
 from common.probmaps import ProbWriter, check_probs
 from common.viz import save_overlay
-from data_prep.constants import CLASSES
+from data_prep.dataset import KAGGLE, DatasetInfo
 from data_prep.layout import read_layout, read_scan
+from data_prep.work import case_day_ids, check_work, read_dataset, read_manifest
 from ensembles import core
 from ensembles.spec import ModelSpec, Spec
+from evaluation.predictions import PredictionIndex, index_meta, prediction_format
 from gating.classifier import SliceClassifier
 from gating.crop import Detector
+from inference.predict import load_channels, volume_spacing
 from inference.submission import encode_rows, order_rows, read_sample
 from segmenters.mm.inference import Segmenter
 from segmenters.monai.inference import Segmenter3D
@@ -93,6 +102,24 @@ def load_models(spec: Spec, device: str = "cpu", loaders: dict[str, Callable] | 
     return out
 
 
+def check_model_classes(models: Sequence[LoadedModel], classes: Sequence[str]) -> None:
+    """Refuse a loaded segmenter or classifier whose ``classes`` (when it exposes them) differ from the data's.
+
+    Raises:
+        ValueError: naming the model, its checkpoint and both class lists.
+    """
+    for lm in models:
+        if lm.spec.kind == "detector":
+            continue
+        for ck, p in lm.folds:
+            got = getattr(p, "classes", None)
+            if got is not None and tuple(got) != tuple(classes):
+                raise ValueError(
+                    f"model {lm.spec.name!r} ({ck}) predicts classes {list(got)}, the data has {list(classes)}; "
+                    "use models trained on this dataset"
+                )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # one case-day
 
@@ -142,26 +169,30 @@ def predict_case_day(
     spec: Spec,
     models: Sequence[LoadedModel],
     volume: np.ndarray,
-    spacing: tuple[float, float] | None = None,
+    spacing: tuple[float, ...] | None = None,
     batch_size: int | None = None,
     case_day: str = "",
+    exclusive_classes: bool = False,
 ) -> CaseDayResult:
-    """Run the whole ensemble on one case-day.
+    """Run the whole ensemble on one case-day (volume).
 
     Args:
-        spec: the validated spec.
+        spec: the validated spec, for the data's classes (``C = len(spec.classes)``).
         models: :func:`load_models` output for ``spec``.
-        volume: uint16 ``(D, H, W)``, z in manifest order.
-        spacing: ``(sy, sx)`` mm (for 3D models that resample).
+        volume: uint16 ``(D, H, W)``, or ``(K, D, H, W)`` for ``K`` image channels; z in manifest order.
+        spacing: ``(sy, sx)`` mm (Kaggle) or ``(sz, sy, sx)`` mm, for 3D models that resample.
         batch_size: slices per forward pass (default: the spec's).
         case_day: named in errors and logs.
+        exclusive_classes: one class per pixel (the dataset's ``label_kind`` is ``exclusive``).
 
     Returns:
         A :class:`CaseDayResult`.
     """
     bs = batch_size or spec.batch_size
-    d, h, w = volume.shape
-    c = len(CLASSES)
+    if volume.ndim not in (3, 4):
+        raise ValueError(f"{case_day}: volume must be (D, H, W) or (K, D, H, W), got shape {volume.shape}")
+    d, h, w = volume.shape[-3:]
+    c = len(spec.classes)
     shape = (d, c, h, w)
     by = {lm.spec.name: lm for lm in models}
 
@@ -222,7 +253,7 @@ def predict_case_day(
         for lm in models
         if lm.spec.role == "segment" and lm.spec.kind in core.GROUPS
     ]
-    probs, masks = core.ensemble(maps, shape, spec.fusion, keep, spec.thresholds, spec.post)
+    probs, masks = core.ensemble(maps, shape, spec.fusion, keep, spec.thresholds, spec.post, exclusive_classes)
     return CaseDayResult(probs, keep, masks, boxes)
 
 
@@ -251,8 +282,76 @@ def _read_volume(paths: Sequence[str], hw: tuple[int, int], pool: ThreadPoolExec
     return np.stack(list(pool.map(lambda p: read_scan(p, hw), paths)))
 
 
+#: One input volume: ``(key, slice ids in z order, volume loader, spacing for the models)``.
+Item = tuple[str, list[str], Callable[[], np.ndarray], tuple[float, ...]]
+
+
+class _Outputs:
+    """What every run writes besides its predictions: ``--save-probs`` (fused probabilities and ``keep.csv``) and
+    overlay pictures."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        classes: Sequence[str],
+        save_probs: str | os.PathLike | None,
+        overlays: int,
+        overlay_dir: Path,
+        overwrite: bool,
+    ) -> None:
+        self.classes, self.save_probs, self.overlays, self.overlay_dir = (
+            list(classes),
+            save_probs,
+            overlays,
+            overlay_dir,
+        )
+        self.writer = None
+        if save_probs:
+            meta = {"kind": "ensemble", "config": spec.source, "checkpoint": None, "fold": None, "tta": []}
+            self.writer = ProbWriter(save_probs, {**meta, "classes": self.classes}, overwrite=overwrite, resume=True)
+        self.keep_rows: list[tuple] = []
+        self.n_over = 0
+
+    def add(self, key: str, ids: list[str], volume: np.ndarray, res: CaseDayResult) -> None:
+        if self.writer is not None:
+            self.writer.add(key, ids, res.probs)
+            self.keep_rows.extend((sid, *map(int, k)) for sid, k in zip(ids, res.keep))
+        if self.n_over < self.overlays:
+            z = int(np.argmax(res.masks.sum(axis=(1, 2, 3))))
+            image = volume[0, z] if volume.ndim == 4 else volume[z]
+            self.overlay_dir.mkdir(parents=True, exist_ok=True)
+            save_overlay(
+                self.overlay_dir / f"{ids[z]}.png", image, None, res.masks[z], title=ids[z], classes=self.classes
+            )
+            self.n_over += 1
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.writer.finish()
+            kdf = pd.DataFrame(self.keep_rows, columns=["id", *self.classes])
+            atomic_write_text(Path(self.save_probs) / "keep.csv", kdf.to_csv(index=False))
+
+
+def _run(
+    spec: Spec,
+    models: Sequence[LoadedModel],
+    items: Iterable[Item],
+    batch_size: int | None,
+    exclusive_classes: bool,
+    outputs: _Outputs,
+    on_result: Callable[[str, list[str], CaseDayResult], None],
+) -> None:
+    """Predict each item with the ensemble and hand the result to ``on_result`` and ``outputs``."""
+    for key, ids, load, spacing in items:
+        volume = load()
+        res = predict_case_day(spec, models, volume, spacing, batch_size, key, exclusive_classes)
+        on_result(key, ids, res)
+        outputs.add(key, ids, volume, res)
+    outputs.finish()
+
+
 def infer(
-    data_root: str | os.PathLike,
+    data_root: str | os.PathLike | None,
     spec: Spec,
     out: str | os.PathLike,
     split: str = "test",
@@ -266,14 +365,17 @@ def infer(
     loaders: dict[str, Callable] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
     skip_empty: bool = False,
+    work: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """Write ``out`` (a submission CSV) for the ``split/`` tree of ``data_root`` with the ensemble ``spec``.
+    """Predict a Kaggle test tree (``data_root``) or a prepared WORK folder (``work``) with the ensemble ``spec``.
 
     Args:
-        data_root: folder holding ``{split}/`` (and usually ``sample_submission.csv``).
-        spec: validated spec (:func:`ensembles.spec.load_spec`).
-        out: the CSV to write (atomically, at the end: never half a submission).
-        split: sub-folder of scans.
+        data_root: folder holding ``{split}/`` (and usually ``sample_submission.csv``); None with ``work``.
+        spec: validated spec (:func:`ensembles.spec.load_spec`); its classes must be the data's.
+        out: a Kaggle tree or Kaggle WORK: the submission CSV (written atomically, at the end: never half a
+            submission); a WORK of another format: the folder of predictions (one file per volume, written by the
+            format's module, and ``predictions.json``).
+        split: sub-folder of scans (``data_root`` only).
         sample_submission: row order (default ``data_root/sample_submission.csv`` when present; header-only or
             absent -> manifest order).
         batch_size: slices per forward pass (default: the spec's).
@@ -282,19 +384,30 @@ def infer(
         overlays: number of overlay PNGs (one per case-day, its slice with the largest predicted area) written
             beside ``out`` in ``{out stem}_overlays/``.
         device: torch device for the models.
-        overwrite: replace an existing ``out``.
+        overwrite: replace an existing ``out`` (a folder: predict every volume again).
         loaders: overrides of :data:`LOADERS` (tests).
         progress: wrapper of the case-day iterator (``tqdm``).
         skip_empty: skip case-day folders whose ``scans/`` holds no scan (counted in the log) instead of
             refusing the tree.
+        work: a prepared WORK folder to predict instead of ``data_root`` (:func:`infer_work`).
 
     Returns:
-        The submission DataFrame (``id, class, predicted``).
+        The submission DataFrame (``id, class, predicted``); for a folder of volumes, ``key, path, skipped``.
 
     Raises:
         FileExistsError, FileNotFoundError (missing checkpoint, tree), ValueError (bad tree, sample ids absent
-        from the tree, NaN in a probability map), each naming the file.
+        from the tree, NaN in a probability map, classes of the spec or a model that differ from the data's), each
+        naming the file.
     """
+    if work is not None:
+        if data_root is not None:
+            raise ValueError(f"give a Kaggle tree (--data-root {data_root}) or a WORK folder (--work {work}), not both")
+        return infer_work(
+            work, spec, out, sample_submission, batch_size, save_probs, overlays, device, overwrite, loaders, progress
+        )
+    if data_root is None:
+        raise ValueError("give a Kaggle tree (--data-root) or a prepared WORK folder (--work)")
+    spec = spec.for_classes(KAGGLE.classes)
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -313,54 +426,162 @@ def infer(
     if sample_submission and not sample_path.is_file():
         raise FileNotFoundError(f"sample submission {sample_path} not found")
     sample = read_sample(sample_path)
-    if sample is not None and len(sample):
-        absent = sorted(set(sample["id"]) - set(manifest["id"]))
-        if absent:
-            raise ValueError(
-                f"{sample_path}: {len(absent)} id(s) are not in {root / split}: {', '.join(absent[:5])}"
-                + (" ..." if len(absent) > 5 else "")
-                + "; give the sample submission of this tree"
-            )
+    _check_sample(sample, set(manifest["id"]), sample_path, root / split)
     models = load_models(spec, device, loaders)
+    check_model_classes(models, KAGGLE.classes)
     case_days = list(dict.fromkeys(manifest["case_day"]))  # manifest order: case, day (numeric)
-    rows: list[tuple[str, str, str]] = []
-    overlay_dir = out.with_name(out.stem + "_overlays")
-    n_over = 0
-    keep_rows = []
-    writer = None
-    if save_probs:
-        meta = {"kind": "ensemble", "config": spec.source, "checkpoint": None, "fold": None, "tta": []}
-        writer = ProbWriter(save_probs, {**meta, "classes": list(CLASSES)}, overwrite=overwrite, resume=True)
     pool = ThreadPoolExecutor(max_workers=workers) if workers and workers > 0 else None
-    try:
+
+    def items() -> Iterable[Item]:
         it: Iterable[str] = progress(case_days) if progress else case_days
         for cd in it:
             g = manifest[manifest["case_day"] == cd]
             h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
             if (g["height"] != h).any() or (g["width"] != w).any():
                 raise ValueError(f"{Path(g['path'].iloc[0]).parent}: slices of {cd} differ in size; expected one size")
-            volume = _read_volume(g["path"].tolist(), (h, w), pool)
+            paths = g["path"].tolist()
             spacing = (float(g["px_h"].iloc[0]), float(g["px_w"].iloc[0]))
-            res = predict_case_day(spec, models, volume, spacing, batch_size, cd)
-            ids = g["id"].tolist()
-            rows.extend(encode_rows(ids, res.masks))
-            if writer is not None:
-                writer.add(cd, ids, res.probs)
-                keep_rows.extend((sid, *map(int, k)) for sid, k in zip(ids, res.keep))
-            if n_over < overlays:
-                area = res.masks.sum(axis=(1, 2, 3))
-                z = int(np.argmax(area))
-                overlay_dir.mkdir(parents=True, exist_ok=True)
-                save_overlay(overlay_dir / f"{ids[z]}.png", volume[z], None, res.masks[z], title=ids[z])
-                n_over += 1
+            yield cd, g["id"].tolist(), partial(_read_volume, paths, (h, w), pool), spacing
+
+    rows: list[tuple[str, str, str]] = []
+    outputs = _Outputs(spec, KAGGLE.classes, save_probs, overlays, out.with_name(out.stem + "_overlays"), overwrite)
+    try:
+        _run(
+            spec,
+            models,
+            items(),
+            batch_size,
+            False,
+            outputs,
+            lambda cd, ids, res: rows.extend(encode_rows(ids, res.masks)),
+        )
     finally:
         if pool is not None:
             pool.shutdown()
-    sub = order_rows(pd.DataFrame(rows, columns=["id", "class", "predicted"]), sample, str(sample_path))
-    if writer is not None:
-        writer.finish()
-        kdf = pd.DataFrame(keep_rows, columns=["id", *CLASSES])
-        atomic_write_text(Path(save_probs) / "keep.csv", kdf.to_csv(index=False))
+    return _write_submission(rows, sample, str(sample_path), out, len(case_days))
+
+
+def _check_sample(sample: pd.DataFrame | None, ids: set[str], sample_path: Path, where: Path) -> None:
+    if sample is not None and len(sample):
+        absent = sorted(set(sample["id"]) - ids)
+        if absent:
+            raise ValueError(
+                f"{sample_path}: {len(absent)} id(s) are not in {where}: {', '.join(absent[:5])}"
+                + (" ..." if len(absent) > 5 else "")
+                + "; give the sample submission of this tree"
+            )
+
+
+def _write_submission(
+    rows: list[tuple[str, str, str]], sample: pd.DataFrame | None, source: str, out: Path, n_case_days: int
+) -> pd.DataFrame:
+    sub = order_rows(pd.DataFrame(rows, columns=["id", "class", "predicted"]), sample, source)
     atomic_write_text(out, sub.to_csv(index=False, lineterminator="\n"), overwrite=True)
-    logger.info("wrote %s: %d rows, %d case-days", out, len(sub), len(case_days))
+    logger.info("wrote %s: %d rows, %d case-days", out, len(sub), n_case_days)
     return sub
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a prepared WORK folder
+
+
+def infer_work(
+    work: str | os.PathLike,
+    spec: Spec,
+    out: str | os.PathLike,
+    sample_submission: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    save_probs: str | os.PathLike | None = None,
+    overlays: int = 0,
+    device: str = "cpu",
+    overwrite: bool = False,
+    loaders: dict[str, Callable] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> pd.DataFrame:
+    """Predict every volume of a prepared WORK folder (``python -m data_prep prepare``, any format) and write the
+    predictions in the input's format.
+
+    The models get every image channel (:func:`inference.predict.load_channels`: ``(D, H, W)`` or
+    ``(K, D, H, W)``) and the spacing of :func:`inference.predict.volume_spacing`; the classes and the label kind
+    come from ``WORK/dataset.json`` (exclusive classes: one class per pixel).
+
+    Args:
+        work: the WORK folder.
+        spec: the ensemble spec (taken for the WORK's classes: :meth:`ensembles.spec.Spec.for_classes`).
+        out: a Kaggle WORK: the submission CSV (as :func:`infer` writes it from a tree; rows in
+            ``sample_submission`` order when given, else manifest order); any other format: the output folder.
+        overwrite: a CSV: replace it; a folder: predict every volume again (else the volumes ``predictions.json``
+            lists are skipped: an interrupted run resumes).
+        Others: as :func:`infer`.
+
+    Returns:
+        The submission (Kaggle), or a DataFrame ``key, path, skipped`` (one row per volume).
+
+    Raises:
+        FileNotFoundError: WORK not prepared, a missing checkpoint or channel file. FileExistsError: ``out`` exists
+            (a CSV) or holds other files (a folder), without ``overwrite``. ValueError: classes of the spec or a
+            model that differ from the WORK's, no writer for the format.
+    """
+    work = check_work(work, need_masks=False, need_splits=False)
+    info = read_dataset(work)
+    spec = spec.for_classes(info.classes)
+    manifest = read_manifest(work)
+    groups = case_day_ids(manifest)
+    first = manifest.drop_duplicates("case_day").set_index("case_day")
+    out = Path(out)
+    exclusive_classes = info.label_kind == "exclusive"
+    overlay_dir = out.with_name(out.stem + "_overlays")
+
+    def items(keys: Sequence[str]) -> Iterable[Item]:
+        it: Iterable[str] = progress(keys) if progress else keys
+        for key in it:
+            spacing = volume_spacing(info, key, first.loc[[key]])
+            yield key, groups[key], partial(_load_checked, work, key, info, len(groups[key])), spacing
+
+    if info.format == "kaggle":
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        sample_path = Path(sample_submission) if sample_submission else None
+        if sample_path is not None and not sample_path.is_file():
+            raise FileNotFoundError(f"sample submission {sample_path} not found")
+        sample = read_sample(sample_path)
+        _check_sample(sample, set(manifest["id"]), sample_path or Path("sample"), work)
+        models = load_models(spec, device, loaders)
+        check_model_classes(models, info.classes)
+        rows: list[tuple[str, str, str]] = []
+        outputs = _Outputs(spec, info.classes, save_probs, overlays, overlay_dir, overwrite)
+        on = lambda key, ids, res: rows.extend(encode_rows(ids, res.masks, info.classes))  # noqa: E731
+        _run(spec, models, items(list(groups)), batch_size, exclusive_classes, outputs, on)
+        return _write_submission(rows, sample, str(sample_path or "manifest order"), out, len(groups))
+
+    fmt = prediction_format(info.format)
+    index = PredictionIndex(out, index_meta(info, spec.source), overwrite=overwrite)
+    todo = [k for k in groups if not index.done(k)]
+    skipped = [k for k in groups if index.done(k)]
+    if skipped:
+        logger.info("%d of %d volume(s) already predicted in %s (skipped)", len(skipped), len(groups), out)
+    written: dict[str, Path] = {}
+    if todo:
+        models = load_models(spec, device, loaders)
+        check_model_classes(models, info.classes)
+        outputs = _Outputs(spec, info.classes, save_probs, overlays, overlay_dir, overwrite)
+
+        def on(key: str, ids: list[str], res: CaseDayResult) -> None:
+            path = Path(fmt.write_prediction(res.masks, info, key, out, probs=res.probs))
+            index.add(key, path)
+            written[key] = path
+
+        _run(spec, models, items(todo), batch_size, exclusive_classes, outputs, on)
+    index.write()
+    logger.info("wrote %d prediction(s) to %s (%s format)", len(written), out, info.format)
+    return pd.DataFrame(
+        [(k, str(out / index.volumes[k]), k not in written) for k in groups],
+        columns=["key", "path", "skipped"],
+    )
+
+
+def _load_checked(work: Path, key: str, info: DatasetInfo, depth: int) -> np.ndarray:
+    volume = np.asarray(load_channels(work, key, info))
+    if volume.shape[-3] != depth:
+        raise ValueError(f"{work}/volumes/{key}.npy has {volume.shape[-3]} slices, manifest.csv lists {depth}")
+    return volume

@@ -3,9 +3,13 @@ input of the ensemble search) or over every case-day (test time). ``tools/test.p
 ``tools/infer_3d.py`` (3D) are its command lines; both write through the same loop.
 
 Output (docs/contracts.md, "Probability maps", written by :class:`common.probmaps.ProbWriter`):
-``{out}/{case_day}.npy`` float16 ``(D, C, H, W)``, ``{out}/meta.json`` and, when the WORK folder has masks,
-``{out}/metrics.json``: the maps thresholded at ``threshold`` and scored with :mod:`evaluation.metric`
-(competition score, its Dice and Hausdorff parts, the per-slice Dice table, per class).
+``{out}/{case_day}.npy`` float16 ``(D, C, H, W)``, ``{out}/meta.json`` (``classes``: the WORK's, from its
+``dataset.json``) and, when the WORK folder has masks, ``{out}/metrics.json``: the maps thresholded at
+``threshold`` (one class per pixel for exclusive classes) and scored with :mod:`evaluation.metric` (competition
+score, its Dice and Hausdorff parts, the per-slice Dice table, per class).
+
+Models see what WORK holds: uint16 ``(D, H, W)`` for one image channel, ``(K, D, H, W)`` for ``K`` channels
+(:func:`load_channels`), and the spacing of :func:`volume_spacing`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from common.probmaps import ProbWriter
-from data_prep.constants import CLASSES, REPO_ROOT, default_work_dir
-from data_prep.volumes import unpack_mask
+from data_prep.constants import REPO_ROOT, default_work_dir
+from data_prep.dataset import DatasetInfo
 from data_prep.work import (
     case_day_ids,
     check_work,
@@ -29,16 +33,43 @@ from data_prep.work import (
     load_mask,
     load_volume,
     parse_folds,
+    read_dataset,
     read_manifest,
     read_splits,
 )
+from ensembles.core import exclusive
 from evaluation.metric import case_day_metrics, score_case_day
 from training.config import config_name
 
 logger = logging.getLogger(__name__)
 
-#: ``predict(case_day, volume uint16 (D, H, W), spacing (sy, sx) mm) -> float32 (D, C, H, W)``.
-Predict = Callable[[str, np.ndarray, tuple[float, float]], np.ndarray]
+#: ``predict(case_day, volume uint16 (D, H, W) or (K, D, H, W), spacing mm (:func:`volume_spacing`))
+#: -> float32 (D, C, H, W)``.
+Predict = Callable[[str, np.ndarray, tuple[float, ...]], np.ndarray]
+
+
+def load_channels(work: str | os.PathLike, key: str, info: DatasetInfo) -> np.ndarray:
+    """The image of volume ``key``: uint16 ``(D, H, W)`` (a memmap) for one channel, ``(K, D, H, W)`` for
+    ``K = info.num_channels`` channels (channel ``k`` from ``volumes/{key}_ch{k}.npy``).
+
+    Raises:
+        FileNotFoundError: a channel file is missing (named). ValueError: channels of different shapes.
+    """
+    if info.num_channels == 1:
+        return load_volume(work, key)
+    chans = [np.asarray(load_volume(work, key, k)) for k in range(info.num_channels)]
+    if len({c.shape for c in chans}) > 1:
+        raise ValueError(f"{work}/volumes: the channels of {key} differ in shape: {[c.shape for c in chans]}")
+    return np.stack(chans)
+
+
+def volume_spacing(info: DatasetInfo, key: str, manifest_rows: Any) -> tuple[float, ...]:
+    """The spacing models are given: ``(sy, sx)`` mm for the Kaggle layout (as always), ``(sz, sy, sx)`` mm of the
+    dataset description otherwise (the in-plane spacing of the manifest when the volume is not described)."""
+    sy, sx = spacing_of(manifest_rows)
+    if info.format == "kaggle":
+        return sy, sx
+    return tuple(float(v) for v in info.spacing(key, (sy, sx)))
 
 
 def default_out_dir(config: str | os.PathLike, fold: int | None) -> Path:
@@ -69,6 +100,17 @@ def spacing_of(manifest_rows: Any) -> tuple[float, float]:
     return float(manifest_rows["px_h"].iloc[0]), float(manifest_rows["px_w"].iloc[0])
 
 
+def check_classes(model: Any, work: str | os.PathLike, checkpoint: str | os.PathLike) -> None:
+    """Refuse a model whose ``classes`` (when it exposes them) differ from the WORK's (both named)."""
+    got = getattr(model, "classes", None)
+    want = read_dataset(work).classes
+    if got is not None and tuple(got) != tuple(want):
+        raise ValueError(
+            f"{checkpoint} predicts classes {list(got)}, {work}/dataset.json has {list(want)}; use a model trained on "
+            "this dataset"
+        )
+
+
 def write_work_maps(
     predict: Predict,
     work: str | os.PathLike,
@@ -86,7 +128,7 @@ def write_work_maps(
         work: the WORK folder.
         out: the probability folder.
         groups: ``{case_day: [slice ids in z order]}`` (:func:`select_case_days`).
-        meta: ``meta.json`` content (kind, config, checkpoint, fold, tta; ``classes`` is set here).
+        meta: ``meta.json`` content (kind, config, checkpoint, fold, tta; ``classes`` is set here: the WORK's).
         overwrite: replace an existing folder's maps.
         threshold: for the metrics only (the maps are written unthresholded).
         progress: tqdm over case-days.
@@ -99,7 +141,8 @@ def write_work_maps(
             the manifest's, or a model output of the wrong shape.
     """
     work = Path(work)
-    writer = ProbWriter(out, {**dict(meta), "classes": list(CLASSES)}, overwrite=overwrite)
+    info = read_dataset(work)
+    writer = ProbWriter(out, {**dict(meta), "classes": list(info.classes)}, overwrite=overwrite)
     manifest = read_manifest(work).set_index("id")
     items: Any = list(groups.items())
     if progress:
@@ -108,21 +151,29 @@ def write_work_maps(
         items = tqdm(items, desc="case-days", unit="case-day")
     records = []
     for cd, ids in items:
-        vol = load_volume(work, cd)
-        if vol.shape[0] != len(ids):
-            raise ValueError(f"{work}/volumes/{cd}.npy has {vol.shape[0]} slices, manifest.csv lists {len(ids)}")
-        probs = np.asarray(predict(cd, vol, spacing_of(manifest.loc[list(ids[:1])])), dtype=np.float32)
-        want = (vol.shape[0], len(CLASSES), *vol.shape[1:])
+        vol = load_channels(work, cd, info)
+        d, h, w = vol.shape[-3:]
+        if d != len(ids):
+            raise ValueError(f"{work}/volumes/{cd}.npy has {d} slices, manifest.csv lists {len(ids)}")
+        spacing = volume_spacing(info, cd, manifest.loc[list(ids[:1])])
+        probs = np.asarray(predict(cd, vol, spacing), dtype=np.float32)
+        want = (d, info.num_classes, h, w)
         if probs.shape != want:
-            raise ValueError(f"{cd}: the model returned shape {probs.shape}, expected {want}")
+            raise ValueError(
+                f"{cd}: the model returned shape {probs.shape}, expected {want} ({info.num_classes} classes of "
+                f"{work}/dataset.json: {list(info.classes)})"
+            )
         writer.add(cd, ids, probs)
         if has_mask(work, cd):
-            truth = unpack_mask(np.asarray(load_mask(work, cd))).astype(bool)
-            records.append(score_case_day(cd, probs > threshold, truth))
+            truth = info.unpack(np.asarray(load_mask(work, cd))).astype(bool)
+            pred = probs > threshold
+            if info.label_kind == "exclusive":  # one class per pixel, as the ensemble rule predicts them
+                pred = exclusive(pred, probs)
+            records.append(score_case_day(cd, pred, truth))
     summary: dict[str, Any] = dict(out=str(out), case_days=len(groups), slices=sum(len(v) for v in groups.values()))
     metrics = None
     if records:
-        metrics, res = case_day_metrics(records)
+        metrics, res = case_day_metrics(records, classes=info.classes)
         metrics["threshold"] = threshold
         metrics["per_class"] = res.to_dict()["per_class"]
         metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
@@ -175,11 +226,12 @@ def predict_work(
     out = Path(out) if out else default_out_dir(config, k)
     box_map = read_boxes(boxes) if boxes else {}
     seg = Segmenter.load(config, checkpoint, device, cfg_options)
+    check_classes(seg, work, checkpoint)
 
-    def predict(cd: str, vol: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    def predict(cd: str, vol: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
         bx = None
         if box_map:
-            h, w = vol.shape[1:]
+            h, w = vol.shape[-2:]
             bx = np.array([box_map.get(i, (0, 0, w, h)) for i in groups[cd]], np.int64)
         return seg.predict_volume(vol, boxes=bx, tta=tuple(tta), batch_size=batch_size)
 
@@ -223,8 +275,9 @@ def predict_work_3d(
     k = None if fold is None else parse_folds(fold, int(read_splits(work).get("n_folds", 5)))[0]
     out = Path(out) if out else Path(checkpoint).parent / ("oof" if k is not None else "test")
     seg = Segmenter3D.load(config, checkpoint, device)
+    check_classes(seg, work, checkpoint)
 
-    def predict(cd: str, vol: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    def predict(cd: str, vol: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
         return seg.predict_volume(np.asarray(vol), spacing, tta)
 
     used_tta = list(tta if tta is not None else seg.default_tta)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_prep.constants import CLASSES
+from data_prep.dataset import KAGGLE
 from data_prep.rle import rle_encode
 
 SUBMISSION_COLUMNS: tuple[str, ...] = ("id", "class", "predicted")
@@ -29,12 +29,15 @@ def read_sample(path: Path | None) -> pd.DataFrame | None:
     return df[["id", "class"]]
 
 
-def encode_rows(ids: Sequence[str], masks: np.ndarray, classes: Sequence[str] = CLASSES) -> list[tuple[str, str, str]]:
-    """Submission rows of one case-day: ``(id, class, rle)``, three per slice in class order.
+def encode_rows(
+    ids: Sequence[str], masks: np.ndarray, classes: Sequence[str] = KAGGLE.classes
+) -> list[tuple[str, str, str]]:
+    """Submission rows of one case-day: ``(id, class, rle)``, one per slice and class in class order.
 
     Args:
         ids: ``D`` slice ids, z order.
         masks: bool ``(D, C, H, W)``.
+        classes: the ``C`` class names (the Kaggle layout's by default).
 
     Returns:
         ``D * C`` tuples.

@@ -1,10 +1,13 @@
-"""Test tree -> submission.csv with an ensemble spec (crop -> gate -> segmenters -> 3D -> fuse -> post -> RLE).
+"""Predictions with an ensemble spec (crop -> gate -> segmenters -> 3D -> fuse -> post), in the input's format.
 
     python tools/infer.py --data-root DATA --split test --spec ensembles/configs/first_place.yaml \\
         --out submission.csv [--batch-size 16] [--workers 4] [--save-probs DIR] [--overlays 8] [--device cuda]
+    python tools/infer.py --work WORK_TEST --spec tuned.yaml --out OUT [--overwrite]
 
-Streams one case-day at a time; the CSV is written atomically at the end. Only trusted checkpoints may be
-loaded. See ``inference/pipeline.py``.
+A Kaggle test tree (--data-root) or a Kaggle WORK gives submission.csv, written atomically at the end. A WORK of
+another format (nnU-Net, DICOM, slices) gives one prediction per volume in OUT/, in that format, and
+OUT/predictions.json; a rerun skips the volumes already written (--overwrite predicts them again). Streams one
+volume at a time. Only trusted checkpoints may be loaded. See ``inference/pipeline.py``.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from inference.pipeline import infer
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", required=True, help="folder holding {split}/ and sample_submission.csv")
-    p.add_argument("--split", default="test", help="scan sub-folder (default test)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data-root", help="Kaggle tree: folder holding {split}/ and sample_submission.csv")
+    src.add_argument("--work", help="a prepared WORK folder (python -m data_prep prepare) of any format")
+    p.add_argument("--split", default="test", help="scan sub-folder of --data-root (default test)")
     p.add_argument("--spec", required=True, help="ensemble spec YAML (ensembles/configs/)")
-    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.add_argument("--out", required=True, help="submission CSV (Kaggle) or folder of predictions (other formats)")
     p.add_argument("--sample-submission", default=None, help="row order (default DATA_ROOT/sample_submission.csv)")
     p.add_argument("--root", default=None, help="folder the spec's relative paths start from (default: cwd)")
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the spec's)")
@@ -31,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probs", default=None, help="folder for the fused probabilities and gate decisions")
     p.add_argument("--overlays", type=int, default=0, help="number of overlay PNGs to write beside --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (a folder: predict all again)")
     p.add_argument("--skip-empty", action="store_true", help="skip case-day folders with no scans (else an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -48,7 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return tqdm(it, desc="case-days", unit="case-day")
 
     try:
-        spec = load_spec(a.spec, root=a.root)
+        classes = None
+        if a.work:
+            from data_prep.work import read_dataset
+
+            classes = read_dataset(a.work).classes
+        spec = load_spec(a.spec, root=a.root, classes=classes)
         sub = infer(
             a.data_root,
             spec,
@@ -63,11 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=a.overwrite,
             progress=progress,
             skip_empty=a.skip_empty,
+            work=a.work,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {a.out}: {len(sub)} rows")
+    if "skipped" in sub.columns:
+        print(f"wrote {a.out}: {int((~sub['skipped']).sum())} prediction(s), {int(sub['skipped'].sum())} skipped")
+    else:
+        print(f"wrote {a.out}: {len(sub)} rows")
     return 0
 
 

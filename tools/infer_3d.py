@@ -5,7 +5,7 @@
 
 With ``--fold K`` the val case-days of fold K are predicted into ``{checkpoint dir}/oof/`` (default); without it
 every case-day of the WORK manifest goes to ``{checkpoint dir}/test/``. Each case-day becomes a float16
-``(D, 3, H, W)`` ``.npy`` at its original size, plus ``meta.json``.
+``(D, C, H, W)`` ``.npy`` at its original size (``C``: the classes of WORK/dataset.json), plus ``meta.json``.
 """
 
 from __future__ import annotations

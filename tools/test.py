@@ -3,6 +3,7 @@
 
 With ``--fold K``: the fold's val case-days (out-of-fold input of the ensembles), default out
 ``work_dirs/{config}/fold_{k}/oof``; without: every case-day of WORK (test time), default ``work_dirs/{config}/test``.
+The maps have one channel per class of WORK/dataset.json, listed in ``meta.json`` ``classes``.
 """
 
 from __future__ import annotations

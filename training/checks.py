@@ -17,6 +17,63 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint made by another config than the one given."""
 
 
+class DatasetMismatchError(ValueError):
+    """A model applied to a dataset of other classes (or another number of image channels) than it was trained on."""
+
+
+def checkpoint_meta(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The ``meta`` dict of a checkpoint (read with ``weights_only=True``, memory-mapped: the weights are not read);
+    ``{}`` for a bare state dict or a checkpoint without one.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not readable with ``weights_only=True`` (the file is named).
+    """
+    import torch
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path}. Weights are read from local files only; nothing is downloaded."
+        )
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(
+            f"cannot load {path} with weights_only=True ({type(e).__name__}: {e}); only trusted files may be "
+            "unpickled, and model weights never need it"
+        ) from e
+    meta = raw.get("meta") if isinstance(raw, dict) else None
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def check_dataset_matches(
+    predicts: Mapping[str, Any], classes: Iterable[str], channels: int, model: str, dataset: str
+) -> None:
+    """Refuse a model for a dataset of other classes (names and order) or another number of image channels.
+
+    Args:
+        predicts: what the model predicts (``training.config.dataset_summary``: ``classes``, ``channels``).
+        classes: the dataset's class names in order (``DatasetInfo.classes``).
+        channels: the dataset's number of image channels.
+        model, dataset: names for the message (the checkpoint; ``WORK/dataset.json``).
+
+    Raises:
+        DatasetMismatchError: (a ValueError) naming both class lists, or both channel counts.
+    """
+    mine, theirs = [str(c) for c in predicts["classes"]], [str(c) for c in classes]
+    if mine != theirs:
+        raise DatasetMismatchError(
+            f"{model} was trained on the classes {mine}, but {dataset} lists the classes {theirs} (in this order): "
+            "use a model trained on this dataset"
+        )
+    trained = len(predicts.get("channels") or [None])
+    if trained != int(channels):
+        raise DatasetMismatchError(
+            f"{model} was trained on {trained} image channel(s) {list(predicts.get('channels') or [])}, but "
+            f"{dataset} has {int(channels)}: use a model trained on this dataset"
+        )
+
+
 def check_timm_name(name: str) -> str:
     """Check that timm knows ``name``; otherwise answer with close timm model names.
 
@@ -69,6 +126,41 @@ def check_model_cfg(model_cfg: Mapping[str, Any]) -> None:
                     f"pretrained weights not found: {value} (config key {key}). Give an existing local file, "
                     f"or pretrained=None to train from scratch; nothing is downloaded."
                 )
+
+
+def volume_channels(volume: Any, channels: int, what: str = "volume") -> list[Any]:
+    """The image channels of one case-day volume, as a list of ``channels`` arrays ``(D, H, W)``.
+
+    Args:
+        volume: ``(D, H, W)`` (one image channel), ``(K, D, H, W)``, or a sequence of ``K`` ``(D, H, W)`` arrays of
+            one shape (memory maps are kept as they are: nothing is read here).
+        channels: ``K``, the image channels the model was trained on.
+        what: names the input in errors.
+
+    Raises:
+        ValueError: another number of channels, or not ``(D, H, W)`` arrays of one shape.
+    """
+    import numpy as np
+
+    if isinstance(volume, (list, tuple)):
+        parts = [np.asarray(v) if not hasattr(v, "shape") else v for v in volume]
+    else:
+        arr = volume if hasattr(volume, "shape") else np.asarray(volume)
+        if arr.ndim == 3:
+            parts = [arr]
+        elif arr.ndim == 4:
+            parts = [arr[k] for k in range(arr.shape[0])]
+        else:
+            parts = None
+    if parts is None or len(parts) != int(channels) or any(p.ndim != 3 for p in parts):
+        got = f"{len(volume)} arrays" if isinstance(volume, (list, tuple)) else f"shape {np.shape(volume)}"
+        want = (
+            "(D, H, W)" if int(channels) == 1 else f"({int(channels)}, D, H, W) or a list of {int(channels)} (D, H, W)"
+        )
+        raise ValueError(f"{what} must be {want} for a model of {int(channels)} image channel(s), got {got}")
+    if len({tuple(p.shape) for p in parts}) != 1:
+        raise ValueError(f"{what}: the image channels differ in shape: {[tuple(p.shape) for p in parts]}")
+    return parts
 
 
 def check_state_dict_matches(

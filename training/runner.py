@@ -3,11 +3,14 @@
 Every model kind of the project (2.5D segmenters, the slice classifier, the 3D segmenters) trains on it; the
 configs name it with ``runner_type = "GIRunner"`` (``mmcfg/_base_/default_runtime.py``).
 
-- ``GIRunner``: checkpoints are written atomically (``common.engine.atomic_torch_save``: a kill mid-write never
-  leaves a truncated file for ``--resume`` to pick up) and in plain types, so that every load (``load_from``,
-  inference, even ``--resume``) works with ``weights_only=True``; ``load_from`` refuses a checkpoint of another
-  config; ``--resume`` falls back to the newest readable checkpoint of the work dir (and unpickles fully only
-  stock mmengine checkpoints of your own run); the best checkpoint gets the stable name ``best.pth``.
+- ``GIRunner``: every checkpoint records what the model predicts, ``meta["dataset"]`` = the config's
+  ``dataset_info`` (classes, label kind, image channels: :func:`training.config.dataset_summary`), so that inference
+  builds the right head without a WORK (``--resume`` refuses a checkpoint of other classes); checkpoints are written
+  atomically (``common.engine.atomic_torch_save``: a kill mid-write never leaves a truncated file for ``--resume``
+  to pick up) and in plain types, so that every load (``load_from``, inference, even ``--resume``) works with
+  ``weights_only=True``; ``load_from`` refuses a checkpoint of another config; ``--resume`` falls back to the newest
+  readable checkpoint of the work dir (and unpickles fully only stock mmengine checkpoints of your own run); the
+  best checkpoint gets the stable name ``best.pth``.
 - ``GIDistributedDataParallel``: DDP that also runs on CPU over gloo (``device_ids=None`` without CUDA).
 - ``GIDataPreProcessor``: stacks a batch of same-size 2D inputs on the model's device (the 2.5D segmenters and the
   slice classifier; inputs are already scaled, so no mean / std).
@@ -17,6 +20,7 @@ Registered in mmengine's root registries, so they resolve from any default scope
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -27,6 +31,7 @@ from unittest import mock
 import mmengine.runner.runner as mm_runner_module
 import numpy as np
 import torch
+from mmengine.config import Config
 from mmengine.model import BaseDataPreprocessor, MMDistributedDataParallel, is_model_wrapper
 from mmengine.registry import MODEL_WRAPPERS, MODELS, RUNNERS
 from mmengine.runner import Runner
@@ -35,7 +40,8 @@ from mmengine.runner.checkpoint import save_checkpoint as _mm_save_checkpoint
 from torch import nn
 
 from common.engine import atomic_torch_save, is_main_process, load_trusted, load_weights
-from training.checks import check_state_dict_matches
+from training.checks import check_dataset_matches, check_state_dict_matches
+from training.config import DATASET_META_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -136,20 +142,64 @@ def link_best(checkpoint: Path) -> Path:
     return link
 
 
+class CachedTextConfig(Config):
+    """mmengine's ``Config`` whose ``pretty_text`` (formatted with yapf: about a second for the project's configs) is
+    computed once per content. mmengine asks for it at every checkpoint (``meta["cfg"]``), when logging and when
+    dumping the config: most of the set-up time of a short run."""
+
+    @classmethod
+    def of(cls, cfg: Config) -> CachedTextConfig:
+        """A shallow copy of ``cfg`` as a :class:`CachedTextConfig`."""
+        other = copy.copy(cfg)
+        object.__setattr__(other, "__class__", cls)  # Config.__setattr__ writes config keys
+        return other
+
+    @property
+    def pretty_text(self) -> str:
+        key = repr(self._cfg_dict)
+        cached = self.__dict__.get("_pretty_text_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, super().pretty_text)
+            object.__setattr__(self, "_pretty_text_cache", cached)  # Config.__setattr__ writes config keys
+        return cached[1]
+
+
 @RUNNERS.register_module()
 class GIRunner(Runner):
     """mmengine ``Runner`` with atomic checkpoint writes and safe, config-checked loading (see module doc)."""
 
     _trusted_load = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cfg = kwargs.get("cfg")
+        if isinstance(cfg, Config) and not isinstance(cfg, CachedTextConfig):
+            kwargs["cfg"] = CachedTextConfig.of(cfg)
+        super().__init__(*args, **kwargs)
+
     def iterations_done(self) -> int:
         """Training iterations run (or resumed) so far; 0 before the training loop is built."""
         loop = self._train_loop
         return 0 if loop is None or isinstance(loop, dict) else int(loop.iter)
 
-    def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
+    def save_checkpoint(
+        self,
+        out_dir: str,
+        filename: str,
+        file_client_args: dict | None = None,
+        save_optimizer: bool = True,
+        save_param_scheduler: bool = True,
+        meta: dict | None = None,
+        by_epoch: bool = True,
+        backend_args: dict | None = None,
+    ) -> None:
+        meta = dict(meta or {})
+        summary = self.cfg.get("dataset_info")
+        if summary is not None:
+            meta.setdefault(DATASET_META_KEY, to_plain(summary.to_dict() if hasattr(summary, "to_dict") else summary))
         with mock.patch.object(mm_runner_module, "save_checkpoint", atomic_save_checkpoint):
-            super().save_checkpoint(out_dir, filename, *args, **kwargs)
+            super().save_checkpoint(
+                out_dir, filename, file_client_args, save_optimizer, save_param_scheduler, meta, by_epoch, backend_args
+            )
         if filename.startswith("best_") and is_main_process():
             link_best(Path(out_dir) / filename)
 
@@ -194,6 +244,10 @@ class GIRunner(Runner):
             checkpoint = {"state_dict": state, "meta": {}}
         model = self.model.module if is_model_wrapper(self.model) else self.model
         check_state_dict_matches(model.state_dict(), state, filename, str(self.cfg.filename or "the current config"))
+        stored = (checkpoint.get("meta") or {}).get(DATASET_META_KEY)
+        summary = self.cfg.get("dataset_info")
+        if self._trusted_load and stored is not None and summary is not None:  # --resume: the same classes
+            check_dataset_matches(stored, summary["classes"], len(summary["channels"]), filename, "this run's WORK")
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
         checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
         self._has_loaded = True

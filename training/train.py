@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.constants import REPO_ROOT
-from data_prep.work import check_variant, check_work, n_folds_of, parse_folds, read_splits
+from data_prep.work import check_variant, check_work, n_folds_of, parse_folds, read_dataset, read_splits
 from training.checks import check_model_cfg
-from training.config import config_name, load_config
+from training.config import config_name, dataset_summary, load_config, model_classes
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def build_train_cfg(
 ) -> Any:
     """The checked mmengine config of one fold's run (no model built yet).
 
-    Checks, in order: WORK holds data_prep's output (with masks and splits), the split variant, timm names and
+    Checks, in order: WORK holds data_prep's output (with masks and splits), the config's classes and image channels
+    are the WORK's (``dataset_info``, ``num_classes``: :mod:`training.config`), the split variant, timm names and
     pretrained files.
 
     Raises:
@@ -92,6 +93,7 @@ def build_train_cfg(
         config, cfg_options, work=str(work) if work else None, fold=int(fold), split_variant=split_variant
     )
     check_work(cfg.work, need_masks=True, need_splits=True)
+    _check_dataset(cfg)
     check_variant(cfg.get("split_variant", "all"))
     check_model_cfg(cfg.model)
     cfg.work_dir = str(work_dir) if work_dir else str(default_work_dir(config, fold))
@@ -110,6 +112,23 @@ def build_train_cfg(
         for key in ("loss_scale", "dtype"):
             cfg.optim_wrapper.pop(key, None)
     return cfg
+
+
+def _check_dataset(cfg: Any) -> None:
+    """The config trains on what its WORK holds: ``dataset_info`` (if given) and ``num_classes`` (if explicit) agree
+    with ``WORK/dataset.json``.
+
+    Raises:
+        ValueError: naming the config's and the WORK's values.
+    """
+    work = dataset_summary(read_dataset(cfg.work))
+    given = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(cfg.dataset_info).items()}
+    if given != work:
+        raise ValueError(
+            f"{config_name(cfg.filename or 'config')}: dataset_info {given} differs from the WORK's "
+            f"{work} ({cfg.work}/dataset.json); leave dataset_info=None to train on the WORK's classes"
+        )
+    model_classes(cfg)
 
 
 def _fit_schedule(cfg: Any) -> None:

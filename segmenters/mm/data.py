@@ -1,13 +1,20 @@
 """Dataset, transforms and data preprocessor for 2.5D multi-label training on data_prep's WORK folder.
 
+Any dataset: the classes, their label kind and the image channels come from the WORK's description
+(``WORK/dataset.json``, :func:`data_prep.work.read_dataset`; the Kaggle layout without one). ``C`` below is its
+number of classes, ``K`` its number of image channels.
+
 Registered in mmseg's registries (``default_scope='mmseg'``):
 
 - ``GITractDataset``: one sample per slice of a fold's train or val side (``splits.json``), optionally with
-  crop boxes from a CSV (``id, x0, y0, x1, y1``);
-- ``LoadGIStack``: the 2.5D stack ``[z - s*k .. z + s*k]`` from the memory-mapped volume, normalised per stack,
-  and the 3-channel multi-label mask; ``GICropBox``; ``GIResize``;
-- ``AlbuSeg``: one albumentations pipeline (from the config) applied to image and 3-channel mask together;
-- ``PackGIInputs``: ``(C, H, W)`` float tensor + ``SegDataSample`` whose ``gt_sem_seg`` is ``(3, H, W)`` uint8;
+  crop boxes from a CSV (``id, x0, y0, x1, y1``); its ``metainfo`` names the dataset's classes (the val metric
+  reads them);
+- ``LoadGIStack``: the 2.5D stack ``[z - s*k .. z + s*k]`` of every image channel from the memory-mapped volumes,
+  each normalised per stack, modality-major (``stack x K`` planes), and the ``C``-channel binary mask
+  (``DatasetInfo.unpack``: bit fields and label maps alike); ``GICropBox``; ``GIResize``;
+- ``AlbuSeg``: one albumentations pipeline (from the config) applied to image and ``C``-channel mask together;
+- ``PackGIInputs``: ``(stack x K, H, W)`` float tensor + ``SegDataSample`` whose ``gt_sem_seg`` is ``(C, H, W)``
+  uint8.
 """
 
 from __future__ import annotations
@@ -28,14 +35,15 @@ from mmengine.structures import PixelData
 from mmseg.registry import DATASETS, TRANSFORMS
 from mmseg.structures import SegDataSample
 
-from data_prep.constants import CLASSES, SPLIT_VARIANTS
-from data_prep.volumes import unpack_mask
+from data_prep.constants import SPLIT_VARIANTS
+from data_prep.dataset import KAGGLE, DatasetInfo
 from data_prep.work import (
     SPLITS,
     check_variant,
     check_work,
     load_mask,
     load_volume,
+    read_dataset,
     read_manifest,
     select_ids,
 )
@@ -57,10 +65,11 @@ class GITractDataset(BaseDataset):
         boxes: optional crop-box CSV (``id, x0, y0, x1, y1``); slices without a row use the whole image.
         with_mask: read masks (training and validation); False for unlabeled test trees.
         case_days: optional subset of case-days (e.g. for a quick check).
-        **kwargs: ``pipeline``, ``test_mode``, ``serialize_data``, ``lazy_init``, ... of mmengine's BaseDataset.
+        **kwargs: ``pipeline``, ``test_mode``, ``serialize_data``, ``lazy_init``, ... of mmengine's BaseDataset
+            (``metainfo`` defaults to the WORK's ``classes``, ``label_kind`` and ``channels``).
     """
 
-    METAINFO = dict(classes=CLASSES)
+    METAINFO = dict(classes=KAGGLE.classes)  # a WORK without dataset.json
 
     def __init__(
         self,
@@ -84,7 +93,9 @@ class GITractDataset(BaseDataset):
         self.boxes = boxes
         self.with_mask = with_mask
         self.case_days = list(case_days) if case_days else None
+        info = read_dataset(self.work)
         kwargs.setdefault("data_root", self.work)
+        kwargs.setdefault("metainfo", dict(classes=info.classes, label_kind=info.label_kind, channels=info.channels))
         super().__init__(**kwargs)
 
     def load_data_list(self) -> list[dict]:
@@ -123,14 +134,15 @@ class GITractDataset(BaseDataset):
 
 @TRANSFORMS.register_module()
 class LoadGIStack(BaseTransform):
-    """Read the 2.5D stack and (optionally) the 3-channel mask of one slice from the memory-mapped WORK arrays.
+    """Read the 2.5D stacks and (optionally) the ``C``-channel mask of one slice from the memory-mapped WORK arrays.
 
-    Adds ``img`` float32 ``(H, W, channels)``, ``gt_masks`` uint8 ``(H, W, 3)`` (0/1, class order ``CLASSES``),
-    ``ori_shape`` and ``img_shape``.
+    Adds ``img`` float32 ``(H, W, channels x K)`` (``K`` image channels of the WORK's ``dataset.json``, each stack
+    normalised on its own, channel 0's stack first), ``gt_masks`` uint8 ``(H, W, C)`` (0/1, the dataset's class
+    order), ``ori_shape`` and ``img_shape``.
 
     Args:
         stride: step between stacked slices (1st place: 2).
-        channels: stacked slices, odd (3 or 5).
+        channels: stacked slices per image channel, odd (3 or 5).
         norm: normalisation mode (``segmenters.stacks.NORM_MODES``; default ``max``: divide by the stack's max).
         with_mask: also load the mask.
     """
@@ -139,22 +151,32 @@ class LoadGIStack(BaseTransform):
         if norm not in NORM_MODES:
             raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
         self.stride, self.channels, self.norm, self.with_mask = int(stride), int(channels), norm, with_mask
-        self._vmax: dict[tuple[str, str], float] = {}
+        self._vmax: dict[tuple[str, str, int], float] = {}
+        self._info: dict[str, DatasetInfo] = {}
+
+    def _dataset(self, work: str) -> DatasetInfo:
+        if work not in self._info:
+            self._info[work] = read_dataset(work)
+        return self._info[work]
 
     def transform(self, results: dict) -> dict:
         work, cd, z = results["work"], results["case_day"], int(results["z"])
-        vol = load_volume(work, cd)
-        vmax = None
-        if self.norm == "volume_max":
-            key = (work, cd)
-            if key not in self._vmax:
-                self._vmax[key] = float(vol.max())
-            vmax = self._vmax[key]
-        img = read_stack(vol, z, self.stride, self.channels, self.norm, vmax)
+        info = self._dataset(work)
+        stacks = []
+        for k in range(info.num_channels):
+            vol = load_volume(work, cd, channel=k)
+            vmax = None
+            if self.norm == "volume_max":
+                key = (work, cd, k)
+                if key not in self._vmax:
+                    self._vmax[key] = float(vol.max())
+                vmax = self._vmax[key]
+            stacks.append(read_stack(vol, z, self.stride, self.channels, self.norm, vmax))
+        img = stacks[0] if len(stacks) == 1 else np.concatenate(stacks, axis=2)
         results["img"] = img
         if self.with_mask:
             results["gt_masks"] = np.ascontiguousarray(
-                unpack_mask(np.asarray(load_mask(work, cd)[z])).transpose(1, 2, 0)
+                info.unpack(np.asarray(load_mask(work, cd)[z])).transpose(1, 2, 0)
             )
         results["ori_shape"] = img.shape[:2]
         results["img_shape"] = img.shape[:2]
@@ -219,7 +241,7 @@ def build_albu(cfg: dict | A.BasicTransform) -> A.BasicTransform:
 
 @TRANSFORMS.register_module()
 class AlbuSeg(BaseTransform):
-    """Apply one albumentations pipeline to ``img`` and the 3-channel ``gt_masks`` together.
+    """Apply one albumentations pipeline to ``img`` and the ``C``-channel ``gt_masks`` together.
 
     albumentations draws from a generator of its own, seeded from the operating system unless told otherwise: in each
     process (the main one, each dataloader worker) it is seeded once from numpy's global generator, which mmengine
@@ -256,7 +278,7 @@ class AlbuSeg(BaseTransform):
 
 @TRANSFORMS.register_module()
 class PackGIInputs(BaseTransform):
-    """Pack ``img`` as a float32 ``(C, H, W)`` tensor and ``gt_masks`` as ``gt_sem_seg`` ``(3, H, W)`` uint8."""
+    """Pack ``img`` as a float32 ``(planes, H, W)`` tensor and ``gt_masks`` as ``gt_sem_seg`` ``(C, H, W)`` uint8."""
 
     META_KEYS = ("id", "case_day", "z", "depth", "ori_shape", "img_shape", "box", "height", "width")
 

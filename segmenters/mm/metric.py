@@ -2,7 +2,9 @@
 
 Registered as ``GIMultiLabelMetric`` in mmseg's METRICS registry; keys are prefixed ``gi/``:
 
-- ``gi/dice_{class}``: Dice per class over the slices where prediction or truth is non-empty;
+- ``gi/dice_{class}``: Dice per class over the slices where prediction or truth is non-empty (the classes of the
+  dataset: the ``classes`` argument, which the ``num_classes`` shortcut of :mod:`training.config` fills, else the val
+  dataset's ``metainfo``, else the Kaggle layout's);
 - ``gi/dice``: the competition's Dice: per slice and class, both empty = 1, then the mean;
 - ``gi/score``: ``0.4 * Dice + 0.6 * (1 - Hausdorff)`` (``evaluation.metric.score_volumes``) on the val
   case-days; it selects the best checkpoint. For speed during training the 3D masks are subsampled in-plane to at
@@ -22,6 +24,7 @@ import numpy as np
 from mmengine.evaluator import BaseMetric
 from mmseg.registry import METRICS
 
+from data_prep.dataset import KAGGLE
 from evaluation.metric import score_volumes, slice_dice_table
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,8 @@ class GIMultiLabelMetric(BaseMetric):
         score_max_side: in-plane size cap of the masks scored in 3D (every ``ceil(max(H, W) / cap)``-th pixel);
             None or 0 = full size. Dice keys are always computed at full size.
         prefix: metric key prefix (default ``gi``).
+        classes: the class names of the ``C`` channels (None: the val dataset's ``metainfo['classes']``, else the
+            Kaggle layout's).
     """
 
     default_prefix = "gi"
@@ -52,14 +57,24 @@ class GIMultiLabelMetric(BaseMetric):
         score_max_side: int | None = 128,
         collect_device: str = "cpu",
         prefix: str | None = None,
+        classes: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix, **kwargs)
+        self._classes = tuple(classes) if classes else None
         self.threshold = threshold
         self.compute_score = compute_score
         self.empty = empty
         self.hausdorff = hausdorff
         self.score_max_side = score_max_side
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names of the channels: the ``classes`` argument, else the dataset's, else the Kaggle ones."""
+        if self._classes:
+            return self._classes
+        meta = self.dataset_meta or {}
+        return tuple(meta["classes"]) if meta.get("classes") else KAGGLE.classes
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for s in data_samples:
@@ -92,7 +107,13 @@ class GIMultiLabelMetric(BaseMetric):
         inter = np.stack([r["inter"] for r in results])
         psum = np.stack([r["psum"] for r in results])
         gsum = np.stack([r["gsum"] for r in results])
-        metrics = slice_dice_table(inter, psum, gsum)
+        classes = self.classes
+        if inter.shape[1] != len(classes):
+            raise ValueError(
+                f"GIMultiLabelMetric: the predictions have {inter.shape[1]} class channels, the dataset's classes are "
+                f"{list(classes)}: the model's num_classes must match the WORK's dataset.json"
+            )
+        metrics = slice_dice_table(inter, psum, gsum, classes)
         metrics["score"] = metrics["dice"]  # without the 3D part (compute_score=False) the score is the Dice
         if not self.compute_score:
             return metrics
@@ -106,7 +127,7 @@ class GIMultiLabelMetric(BaseMetric):
             n = int(np.prod(shape))
             pred_vols[cd] = np.stack([np.unpackbits(r["pred_bits"])[:n].reshape(shape) for r in recs]).astype(bool)
             true_vols[cd] = np.stack([np.unpackbits(r["gt_bits"])[:n].reshape(shape) for r in recs]).astype(bool)
-        res = score_volumes(pred_vols, true_vols, empty=self.empty, hausdorff=self.hausdorff)
+        res = score_volumes(pred_vols, true_vols, empty=self.empty, hausdorff=self.hausdorff, classes=classes)
         metrics["score"] = float(res.score)
         metrics["hausdorff"] = float(res.hausdorff)
         metrics["dice_3d"] = float(res.dice)

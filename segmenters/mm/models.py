@@ -95,7 +95,7 @@ class MultiLabelBCELoss(nn.Module):
 
     Args:
         loss_weight: weight of this term in the total loss.
-        pos_weight: optional per-class positive weight (length 3).
+        pos_weight: optional per-class positive weight (one per class).
         loss_name: key in the loss dict (must contain ``loss``).
     """
 
@@ -162,8 +162,9 @@ def hard_dice(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
 class MultiLabelHeadMixin:
     """Replaces a decode head's softmax loss and resize with multi-label ones.
 
-    Ground truth ``gt_sem_seg.data`` is ``(3, H, W)`` 0/1 per sample; the head outputs one logit per class;
-    every loss in ``loss_decode`` gets ``(logits (N, 3, H, W), target (N, 3, H, W))``.
+    Ground truth ``gt_sem_seg.data`` is ``(C, H, W)`` 0/1 per sample (``C = num_classes``, the dataset's classes);
+    the head outputs one logit per class; every loss in ``loss_decode`` gets ``(logits (N, C, H, W), target (N, C, H,
+    W))``.
 
     Args:
         prior_prob: initial foreground probability of every pixel: the classifier's bias starts at
@@ -176,6 +177,11 @@ class MultiLabelHeadMixin:
     def __init__(self, *args: Any, prior_prob: float | None = None, **kwargs: Any) -> None:
         if prior_prob is not None and not 0.0 < float(prior_prob) < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+        if kwargs.get("num_classes") is None:
+            raise ValueError(
+                f"{type(self).__name__}: num_classes is None; load the config with training.config.load_config (it "
+                "takes the class count from WORK/dataset.json, or from the checkpoint at inference)"
+            )
         self.prior_prob = prior_prob
         super().__init__(*args, **kwargs)
 
@@ -289,11 +295,11 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
     ``test_cfg`` keys: ``threshold`` (default 0.5), ``tta`` (list, ``"hflip"`` and/or ``"vflip"``; default none),
     ``output_probs`` (default True: ``seg_logits`` of each result holds the probabilities).
 
-    Results: ``pred_sem_seg.data`` uint8 ``(3, H, W)`` and ``seg_logits.data`` float ``(3, H, W)`` in ``[0, 1]``.
+    Results: ``pred_sem_seg.data`` uint8 ``(C, H, W)`` and ``seg_logits.data`` float ``(C, H, W)`` in ``[0, 1]``.
     """
 
     def predict_probs(self, inputs: torch.Tensor, tta: Sequence[str] | None = None) -> torch.Tensor:
-        """Sigmoid probabilities ``(N, 3, H, W)`` at the input size, averaged over ``tta`` flips.
+        """Sigmoid probabilities ``(N, C, H, W)`` at the input size, averaged over ``tta`` flips.
 
         Args:
             inputs: ``(N, C, H, W)`` float.
@@ -322,7 +328,7 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
         return self.postprocess_result(probs, data_samples)
 
     def postprocess_result(self, seg_logits: torch.Tensor, data_samples: list | None = None) -> list:
-        """``seg_logits`` here are probabilities ``(N, 3, H, W)``; thresholded per class, never arg-maxed."""
+        """``seg_logits`` here are probabilities ``(N, C, H, W)``; thresholded per class, never arg-maxed."""
         from mmseg.structures import SegDataSample
 
         thr = float(self.test_cfg.get("threshold", 0.5)) if self.test_cfg else 0.5

@@ -1,12 +1,15 @@
 """Datasets and the patch sampler of the 3D segmenters, on data_prep's WORK folder and its 3D export.
 
+Any dataset: the classes, their label kind, the image channels (``K``) and each volume's spacing come from the
+WORK's description (``WORK/dataset.json``, :func:`data_prep.work.read_dataset`; the Kaggle layout without one).
+
 Registered in mmengine's root registries (the 3D configs set no default scope):
 
 - ``CaseDayPatchDataset`` (``DATASETS``): the case-days of a fold's training side (``splits.json``, ``variant``),
-  preprocessed once (normalised, resampled in-plane) and cached in memory (MONAI ``CacheDataset``); each sample is
-  ``num_samples`` random patches of the current ``roi_size`` around labels (``RandCropByPosNegLabeld`` after padding
-  to the patch), flipped and intensity-jittered. ``roi_size`` changes during training
-  (:class:`segmenters.monai.hooks.PatchStageHook`).
+  preprocessed once (normalised, resampled: :func:`segmenters.monai.volumes.resample_plan`) and cached in memory
+  (MONAI ``CacheDataset``); each sample is ``num_samples`` random patches of the current ``roi_size`` around labels
+  (``RandCropByPosNegLabeld`` after padding to the patch), flipped and intensity-jittered. ``roi_size`` changes
+  during training (:class:`segmenters.monai.hooks.PatchStageHook`).
 - ``CaseDayVolumeDataset`` (``DATASETS``): whole case-days of a fold's val side (or every case-day of the export),
   one per sample, with the original-size mask for scoring.
 - ``CaseDayPatchSampler`` (``DATA_SAMPLERS``): an infinite shuffled stream of case-day indices in which every draw
@@ -35,9 +38,9 @@ from monai import transforms as T
 from monai.data import CacheDataset
 from torch.utils.data import Dataset, Sampler
 
-from data_prep.constants import CLASSES
+from data_prep.dataset import DatasetInfo
 from data_prep.exports import read_datalist
-from data_prep.work import SPLITS, check_variant, check_work, fold_case_days, read_splits
+from data_prep.work import SPLITS, check_variant, check_work, fold_case_days, read_dataset, read_splits
 from segmenters.monai.volumes import check_roi, load_case_day, preprocess_image, preprocess_label, to_dict
 
 
@@ -70,28 +73,34 @@ def fold_entries(work: str | os.PathLike, fold: int, split: str, variant: str = 
 
 class LoadCaseDayd(T.Transform):
     """Deterministic dict transform (cached by MONAI's ``CacheDataset``): a datalist entry
-    ``{"case_day", "image", "label", "spacing"}`` -> ``{"image": float32 (1, h, w, D), "label": uint8 (3, h, w, D),
-    "case_day"}``, normalised and resampled in-plane (the label stays uint8 in the cache). A MONAI ``Transform``
-    that is not ``Randomizable``, so ``CacheDataset`` caches its output.
+    ``{"case_day", "image", "label", "spacing"}`` -> ``{"image": float32 (K, h, w, d), "label": uint8 (C, h, w, d),
+    "case_day"}``, normalised and resampled (the label stays uint8 in the cache). A MONAI ``Transform`` that is not
+    ``Randomizable``, so ``CacheDataset`` caches its output.
 
     Args:
         work: the WORK folder (volumes and masks are read through :mod:`data_prep.work`).
         norm, resample: see :func:`segmenters.monai.volumes.preprocess_image` (None: its defaults).
+        dataset: the WORK's description (None: ``read_dataset(work)``).
     """
 
     def __init__(
-        self, work: str | os.PathLike, norm: Mapping[str, Any] | None, resample: Mapping[str, Any] | None
+        self,
+        work: str | os.PathLike,
+        norm: Mapping[str, Any] | None,
+        resample: Mapping[str, Any] | None,
+        dataset: DatasetInfo | None = None,
     ) -> None:
         self.work = str(work)
         self.norm, self.resample = to_dict(norm), to_dict(resample)
+        self.dataset = read_dataset(self.work) if dataset is None else dataset
 
     def __call__(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         cd = str(entry["case_day"])
-        volume, mask, spacing = load_case_day(self.work, cd, entry)
+        channels, mask, spacing = load_case_day(self.work, cd, entry, self.dataset)
         if mask is None:
             raise FileNotFoundError(f"no mask for {cd} in {self.work}: training needs labels")
-        image = preprocess_image(np.asarray(volume), self.norm, self.resample, spacing)
-        label = preprocess_label(np.asarray(mask), image.shape[1:3]).to(torch.uint8)
+        image = preprocess_image(channels, self.norm, self.resample, spacing)
+        label = preprocess_label(np.asarray(mask), image.shape[1:], self.dataset).to(torch.uint8)
         return {"image": image, "label": label, "case_day": cd}
 
 
@@ -99,7 +108,7 @@ class LoadCaseDayd(T.Transform):
 class CaseDayPatchDataset(Dataset):
     """Random patches of the cached, preprocessed case-days of a fold's training side.
 
-    A sample is ``{"inputs": float32 (S, 1, h, w, d), "data_samples": {"labels": uint8 (S, 3, h, w, d)}}`` with
+    A sample is ``{"inputs": float32 (S, K, h, w, d), "data_samples": {"labels": uint8 (S, C, h, w, d)}}`` with
     ``S = num_samples`` patches of ``roi_size = (h, w, d)`` (``default_collate`` makes fixed-size batches of them).
     Keys are case-day indices, or ``(index, seed)`` pairs from :class:`CaseDayPatchSampler` (the random
     transforms are then seeded with ``seed``: the patches depend on the draw only).
@@ -119,9 +128,10 @@ class CaseDayPatchDataset(Dataset):
             ``+- shift_intensity``); 0 turns them off.
         shard_by_rank: under torch distributed, keep only this rank's share of the case-days.
         case_days: optional subset of the fold's training case-days.
-    """
 
-    metainfo = {"classes": CLASSES}
+    Attributes:
+        metainfo: ``classes``, ``label_kind`` and ``channels`` of the WORK's ``dataset.json``.
+    """
 
     def __init__(
         self,
@@ -173,7 +183,9 @@ class CaseDayPatchDataset(Dataset):
             n = -(-len(entries) // world) * world
             entries = [entries[i % len(entries)] for i in range(n)][rank::world]
         self.case_days = [str(e["case_day"]) for e in entries]
-        load = LoadCaseDayd(self.work, norm, resample)
+        info = read_dataset(self.work)
+        self.metainfo = {"classes": info.classes, "label_kind": info.label_kind, "channels": info.channels}
+        load = LoadCaseDayd(self.work, norm, resample, info)
         # copy_cache=False: the random transforms below never write into their input
         self._cache = CacheDataset(
             entries, load, cache_rate=float(cache_rate), num_workers=None, progress=False, copy_cache=False
@@ -233,9 +245,10 @@ class CaseDayPatchDataset(Dataset):
 class CaseDayVolumeDataset(Dataset):
     """Whole case-days for validation and tests, one per sample.
 
-    A sample is ``{"inputs": float32 (1, h, w, D) preprocessed volume, "data_samples": BaseDataElement}`` whose
-    metainfo holds ``case_day``, ``ori_shape = (D, H, W)`` and ``spacing`` (``(z, y, x)`` mm) and whose
-    ``gt_mask`` field is the original-size uint8 bit-field mask ``(D, H, W)`` (numpy; absent without labels).
+    A sample is ``{"inputs": float32 (K, h, w, d) preprocessed volume, "data_samples": BaseDataElement}`` whose
+    metainfo holds ``case_day``, ``ori_shape = (D, H, W)``, ``spacing`` (``(z, y, x)`` mm) and the dataset's
+    ``label_kind`` and ``num_classes``, and whose ``gt_mask`` field is the original-size WORK mask ``(D, H, W)`` (bit
+    field or label map, numpy; absent without labels).
 
     Args:
         work: data_prep's WORK folder with ``splits/splits.json`` and the 3D export of ``fold``.
@@ -243,9 +256,11 @@ class CaseDayVolumeDataset(Dataset):
         split: ``val`` (the fold's val side), ``train`` or ``all`` (every case-day of the export).
         norm, resample: preprocessing, as in training (None: the defaults of ``preprocess_image``).
         case_days: optional subset.
-    """
 
-    metainfo = {"classes": CLASSES}
+    Attributes:
+        metainfo: ``classes``, ``label_kind`` and ``channels`` of the WORK's ``dataset.json`` (the val metric reads
+            the class names).
+    """
 
     def __init__(
         self,
@@ -264,6 +279,9 @@ class CaseDayVolumeDataset(Dataset):
             keep = set(case_days)
             entries = [e for e in entries if e["case_day"] in keep]
         self.entries = entries
+        self.dataset = read_dataset(self.work)
+        info = self.dataset
+        self.metainfo = {"classes": info.classes, "label_kind": info.label_kind, "channels": info.channels}
         print_log(f"CaseDayVolumeDataset fold {self.fold} ({split}): {len(entries)} case-days", logger="current")
 
     def __len__(self) -> int:
@@ -272,13 +290,18 @@ class CaseDayVolumeDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entries[int(index)]
         cd = str(entry["case_day"])
-        volume, mask, spacing = load_case_day(self.work, cd, entry)
-        image = preprocess_image(np.asarray(volume), self.norm, self.resample, spacing)
-        sample = BaseDataElement(
-            metainfo=dict(case_day=cd, ori_shape=tuple(int(s) for s in volume.shape), spacing=spacing)
+        channels, mask, spacing = load_case_day(self.work, cd, entry, self.dataset)
+        image = preprocess_image(channels, self.norm, self.resample, spacing)
+        meta = dict(
+            case_day=cd,
+            ori_shape=tuple(int(s) for s in channels[0].shape),
+            spacing=spacing,
+            label_kind=self.dataset.label_kind,
+            num_classes=self.dataset.num_classes,
         )
+        sample = BaseDataElement(metainfo=meta)
         if mask is not None:
-            sample.gt_mask = np.asarray(mask, dtype=np.uint8)
+            sample.gt_mask = np.asarray(mask)
         return {"inputs": image, "data_samples": sample}
 
 

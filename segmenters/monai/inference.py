@@ -2,11 +2,13 @@
 (probability folders of a WORK: :func:`inference.predict.predict_work_3d`).
 
 >>> # seg = Segmenter3D.load("mmcfg/monai3d/segresnet_1xb2-20k_uwmgi-224x224x80.py", "fold_0/best.pth", "cuda")
->>> # probs = seg.predict_volume(volume)          # float32 (D, 3, H, W) in [0, 1]
+>>> # probs = seg.predict_volume(volume, spacing)  # float32 (D, C, H, W) in [0, 1], C = len(seg.classes)
 
 The volume is preprocessed as the config's test dataset does (``test_dataloader.dataset.norm`` / ``resample``) and
 run through the model's own predict path (:meth:`segmenters.monai.model.Monai3DSegmenter.predict_probs`: sliding
-window of ``model.test_cfg``, Gaussian blending, flip TTA, resampling back), the computation validation scores.
+window of ``model.test_cfg``, Gaussian blending, flip TTA, resampling back to the volume's grid), the computation
+validation scores. The model predicts the classes it was trained on (``seg.classes``, from the checkpoint's
+``meta["dataset"]``) from ``seg.image_channels`` image channels.
 TTA names: see :func:`tta_variants` (``"flip"`` = identity + left-right flip + slice-order flip).
 """
 
@@ -20,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_prep.constants import NUM_CLASSES
+from data_prep.dataset import KAGGLE
+from data_prep.work import read_dataset
 from segmenters.monai.model import Monai3DSegmenter, SlidingWindow
 from segmenters.monai.volumes import DEFAULT_NORM, DEFAULT_RESAMPLE, preprocess_image, to_dict, tta_variants
-from training.checks import load_checked_weights
-from training.config import build_model, load_config
+from training.checks import check_dataset_matches, load_checked_weights
+from training.config import build_model, config_for_checkpoint, dataset_summary
 
 
 def preprocessing_of(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -49,6 +52,7 @@ class Segmenter3D:
     Attributes:
         window: the sliding window (``model.test_cfg``); ``roi_size``, ``overlap``, ``amp`` and ``default_tta``
             are its fields.
+        classes, label_kind, image_channels: what the model predicts and reads (the config's ``dataset_info``).
     """
 
     def __init__(
@@ -67,6 +71,22 @@ class Segmenter3D:
         self.config_path, self.checkpoint = config_path, checkpoint
         self.norm, self.resample = preprocessing_of(self.cfg)
         self.window: SlidingWindow = model.test_window
+        summary = cfg.get("dataset_info")
+        if summary is None:  # a config not made by training.config.load_config: its WORK's, else the Kaggle classes
+            summary = dataset_summary(read_dataset(cfg["work"]) if cfg.get("work") else KAGGLE)
+        self.classes: tuple[str, ...] = tuple(summary["classes"])
+        self.label_kind: str = str(summary["label_kind"])
+        self.image_channels: tuple[str, ...] = tuple(summary["channels"])
+        if model.num_classes is not None and model.num_classes != len(self.classes):
+            raise ValueError(
+                f"the model predicts {model.num_classes} classes, but its config's dataset_info names "
+                f"{len(self.classes)}: {list(self.classes)}"
+            )
+
+    @property
+    def dataset_info(self) -> dict[str, Any]:
+        """What the model predicts: ``{"classes", "label_kind", "channels"}`` (``training.config.dataset_summary``)."""
+        return {"classes": list(self.classes), "label_kind": self.label_kind, "channels": list(self.image_channels)}
 
     @property
     def roi_size(self) -> tuple[int, int, int]:
@@ -86,27 +106,48 @@ class Segmenter3D:
         return self.window.tta
 
     @classmethod
-    def load(cls, config: str | os.PathLike | Any, checkpoint: str | os.PathLike, device: str = "cpu") -> Segmenter3D:
-        """Build the config's model and load ``checkpoint`` (``best.pth``, ``iter_N.pth``; ``weights_only=True``).
+    def load(
+        cls,
+        config: str | os.PathLike | Any,
+        checkpoint: str | os.PathLike,
+        device: str = "cpu",
+        work: str | os.PathLike | None = None,
+    ) -> Segmenter3D:
+        """Build the config's model for ``checkpoint`` and load its weights (``best.pth``, ``iter_N.pth``;
+        ``weights_only=True``).
 
         ``config`` is a config path (read with :func:`training.config.load_config`) or an already loaded mmengine
-        ``Config``; :attr:`config_path` is the path (a loaded config's ``filename``; None when it has none).
+        ``Config``; :attr:`config_path` is the path (a loaded config's ``filename``; None when it has none). The
+        net's ``out_channels`` / ``in_channels`` are the checkpoint's classes and image channels (``meta["dataset"]``)
+        when the config's ``num_classes`` is None (:func:`training.config.config_for_checkpoint`).
+
+        Args:
+            config, checkpoint, device: as above.
+            work: the WORK folder it will predict; its ``dataset.json`` must list the model's classes (same order)
+                and image channel count. None skips the check.
 
         Raises:
             FileNotFoundError: config or checkpoint missing.
-            ValueError: the checkpoint cannot be read weights-only, or its weights do not fit the config's model
-                (``training.checks.CheckpointMismatchError``).
+            ValueError: the checkpoint cannot be read weights-only, its weights do not fit the config's model
+                (``training.checks.CheckpointMismatchError``), the config's explicit ``num_classes`` differs from
+                the checkpoint's classes, or ``work`` holds other classes (``DatasetMismatchError``, both named).
         """
         loaded = hasattr(config, "model")
-        cfg = config if loaded else load_config(config)
-        path = getattr(cfg, "filename", None) if loaded else str(config)
+        cfg = config_for_checkpoint(config, checkpoint)
+        path = getattr(config, "filename", None) if loaded else str(config)
         model = load_checked_weights(build_model(cfg), checkpoint, path or "the given config")
-        return cls(model, cfg, device, path, str(checkpoint))
+        seg = cls(model, cfg, device, path, str(checkpoint))
+        if work is not None:
+            info = read_dataset(work)
+            check_dataset_matches(
+                seg.dataset_info, info.classes, info.num_channels, str(checkpoint), f"{work}/dataset.json"
+            )
+        return seg
 
     @torch.no_grad()
     def predict_volume(
         self,
-        volume: np.ndarray,
+        volume: np.ndarray | Sequence[np.ndarray],
         spacing: Sequence[float] | None = None,
         tta: Sequence[str] | None = None,
     ) -> np.ndarray:
@@ -114,29 +155,40 @@ class Segmenter3D:
 
         Args:
             volume: ``uint16 (D, H, W)`` scan, z in manifest order (any depth; any size, padded when smaller
-                than the window).
-            spacing: ``(sz, sy, sx)`` or ``(sy, sx)`` mm; used only by configs that resample to a pixel
-                spacing (``resample.mode == "spacing"``).
+                than the window); for ``K > 1`` image channels ``(K, D, H, W)`` or a list of ``K`` ``(D, H, W)``
+                arrays, in :attr:`image_channels` order.
+            spacing: ``(sz, sy, sx)`` or ``(sy, sx)`` mm of the volume (``read_dataset(work).spacing(key, (px_h,
+                px_w))``); needed by configs that resample to a spacing (``resample.mode == "spacing"``; ``(sz, sy,
+                sx)`` for a target spacing in all three axes).
             tta: TTA names; ``None`` uses :attr:`default_tta`, ``()`` runs the model once.
 
         Returns:
-            float32 ``(D, 3, H, W)`` probabilities in ``[0, 1]``, channels in ``CLASSES`` order, at the input's
-            own ``H x W`` and depth.
+            float32 ``(D, C, H, W)`` probabilities in ``[0, 1]``, channels in :attr:`classes` order, on the input's
+            own grid (resampled back when the config resamples).
 
         Raises:
-            ValueError: not a non-empty ``(D, H, W)`` real-valued volume; an unknown TTA name.
+            ValueError: not non-empty ``(D, H, W)`` real-valued image channels (as many as the model reads); an
+                unknown TTA name.
         """
-        volume = np.asarray(volume)
-        if volume.ndim != 3 or min(volume.shape) < 1:
-            raise ValueError(f"expected a non-empty volume (D, H, W), got shape {volume.shape}")
-        if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
-            raise ValueError(f"expected a uint16 (or real-valued) volume, got dtype {volume.dtype}")
+        if isinstance(volume, (list, tuple)):
+            parts = [np.asarray(v) for v in volume]
+        else:
+            arr = np.asarray(volume)
+            parts = [arr] if arr.ndim == 3 else list(arr) if arr.ndim == 4 else [arr]
+        k = len(self.image_channels)
+        if len(parts) != k or any(p.ndim != 3 or min(p.shape) < 1 for p in parts):
+            want = "(D, H, W)" if k == 1 else f"({k}, D, H, W) or a list of {k} (D, H, W)"
+            raise ValueError(f"expected a non-empty volume {want}, got shape(s) {[p.shape for p in parts]}")
+        for p in parts:
+            if not (np.issubdtype(p.dtype, np.integer) or np.issubdtype(p.dtype, np.floating)):
+                raise ValueError(f"expected a uint16 (or real-valued) volume, got dtype {p.dtype}")
         tta = self.default_tta if tta is None else tuple(tta)
         tta_variants(tta)  # unknown names raise before any work
-        d, h, w = volume.shape
-        x = preprocess_image(volume, self.norm, self.resample, spacing, self.device)[None]  # (1, 1, h', w', D)
+        x = preprocess_image(parts, self.norm, self.resample, spacing, self.device, k)[None]  # (1, K, h', w', d')
+        d, h, w = parts[0].shape
         window = dataclasses.replace(self.window, tta=tta)
-        out = self.model.predict_probs(x, (h, w), window).cpu().numpy().astype(np.float32, copy=False)
-        if out.shape != (d, NUM_CLASSES, h, w):  # pragma: no cover - guarded by construction
-            raise RuntimeError(f"internal error: output shape {out.shape} != {(d, NUM_CLASSES, h, w)}")
+        out = self.model.predict_probs(x, (h, w, d), window).cpu().numpy().astype(np.float32, copy=False)
+        c = len(self.classes)
+        if out.shape != (d, c, h, w):  # pragma: no cover - guarded by construction
+            raise RuntimeError(f"internal error: output shape {out.shape} != {(d, c, h, w)}")
         return out

@@ -1,14 +1,15 @@
-"""The 3D segmenter as an mmengine model: a MONAI network (SegResNet, DynUNet) with one sigmoid channel per class.
+"""The 3D segmenter as an mmengine model: a MONAI network (SegResNet, DynUNet) with one sigmoid channel per class
+(``C`` classes of the dataset, ``K`` image channels in).
 
 Registered in mmengine's root registries (the 3D configs set no default scope):
 
 - ``Monai3DSegmenter`` (``MODELS``): ``forward(inputs, data_samples, mode)`` with ``mode="loss"`` (DiceBCELoss on
   patches, deep supervision supported), ``"predict"`` (sliding window over whole volumes, flip TTA, probabilities
-  resampled back to each case-day's original ``H x W``) and ``"tensor"`` (raw logits). Validation
+  resampled back to each case-day's original grid ``D x H x W``) and ``"tensor"`` (raw logits). Validation
   (``val_step``) and inference (:class:`segmenters.monai.inference.Segmenter3D`) both run
   :meth:`Monai3DSegmenter.predict_probs`; validation with ``test_cfg`` updated by ``val_cfg``.
 - ``Monai3DDataPreprocessor`` (``MODELS``): moves a batch to the model's device; training patches
-  ``(B, S, 1, h, w, d)`` (``S`` patches per case-day) become one batch ``(B * S, 1, h, w, d)``.
+  ``(B, S, K, h, w, d)`` (``S`` patches per case-day) become one batch ``(B * S, K, h, w, d)``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from mmengine.registry import MODELS
 from mmengine.structures import BaseDataElement
 from torch import nn
 
-from data_prep.constants import NUM_CLASSES
-from segmenters.monai.volumes import build_loss, build_net, check_roi, resize_hw, to_dict, tta_variants
+from segmenters.monai.volumes import build_loss, build_net, check_roi, resize_volume, to_dict, tta_variants
 
 BLEND_MODES: tuple[str, ...] = ("gaussian", "constant")
 MODES: tuple[str, ...] = ("tensor", "loss", "predict")
@@ -93,23 +93,23 @@ class Monai3DDataPreprocessor(BaseDataPreprocessor):
     """Move a batch to the model's device (``non_blocking``) and shape it for :class:`Monai3DSegmenter`.
 
     Training batches (``default_collate`` of :class:`segmenters.monai.data.CaseDayPatchDataset` samples):
-    ``inputs`` float32 ``(B, S, 1, h, w, d)`` and ``data_samples = {"labels": uint8 (B, S, 3, h, w, d)}`` become
-    ``inputs`` float32 ``(B * S, 1, h, w, d)`` and ``{"labels": float32 (B * S, 3, h, w, d)}`` (lists of per-sample
-    tensors are concatenated the same way). Validation / test batches (whole volumes of different sizes) stay
-    lists: ``inputs`` float32 ``[(1, h, w, D), ...]`` with their data samples.
+    ``inputs`` float32 ``(B, S, K, h, w, d)`` and ``data_samples = {"labels": uint8 (B, S, C, h, w, d)}`` become
+    ``inputs`` float32 ``(B * S, K, h, w, d)`` and ``{"labels": float32 (B * S, C, h, w, d)}`` (lists of per-sample
+    tensors are concatenated the same way; the model checks ``K`` and ``C``). Validation / test batches (whole
+    volumes of different sizes) stay lists: ``inputs`` float32 ``[(K, h, w, d), ...]`` with their data samples.
     """
 
     def __init__(self, non_blocking: bool = True) -> None:
         super().__init__(non_blocking=non_blocking)
 
     @staticmethod
-    def _patches(x: Any, what: str, channels: int) -> torch.Tensor:
+    def _patches(x: Any, what: str) -> torch.Tensor:
         if isinstance(x, (list, tuple)):
             x = torch.cat([t if t.ndim == 5 else t[None] for t in x])
         if x.ndim == 6:
             x = x.flatten(0, 1)
-        if x.ndim != 5 or x.shape[1] != channels:
-            raise ValueError(f"training {what} must be (B, {channels}, h, w, d) patches, got shape {tuple(x.shape)}")
+        if x.ndim != 5:
+            raise ValueError(f"training {what} must be (B, channels, h, w, d) patches, got shape {tuple(x.shape)}")
         return x.float()
 
     def forward(self, data: dict, training: bool = False) -> dict:
@@ -119,8 +119,8 @@ class Monai3DDataPreprocessor(BaseDataPreprocessor):
         if training:
             if not isinstance(samples, Mapping) or "labels" not in samples:
                 raise ValueError("training batches need data_samples={'labels': ...} (CaseDayPatchDataset)")
-            inputs = self._patches(inputs, "inputs", 1)
-            labels = self._patches(samples["labels"], "labels", NUM_CLASSES)
+            inputs = self._patches(inputs, "inputs")
+            labels = self._patches(samples["labels"], "labels")
             return {"inputs": inputs, "data_samples": {"labels": labels}}
         volumes = list(inputs.unbind(0)) if isinstance(inputs, torch.Tensor) else list(inputs)
         return {"inputs": [v.float() for v in volumes], "data_samples": samples}
@@ -128,11 +128,13 @@ class Monai3DDataPreprocessor(BaseDataPreprocessor):
 
 @MODELS.register_module()
 class Monai3DSegmenter(BaseModel):
-    """A MONAI network on whole case-day volumes, multi-label (one sigmoid channel per class in ``CLASSES`` order).
+    """A MONAI network on whole case-day volumes, multi-label (one sigmoid channel per class of the dataset, in its
+    order).
 
     Args:
-        net: ``dict(type="SegResNet" | "DynUNet", **kwargs)`` (:func:`segmenters.monai.volumes.build_net`), or a
-            built ``nn.Module`` mapping ``(B, 1, h, w, d)`` to ``(B, 3, h, w, d)`` logits.
+        net: ``dict(type="SegResNet" | "DynUNet", **kwargs)`` (:func:`segmenters.monai.volumes.build_net`; its
+            ``in_channels`` = ``K`` image channels and ``out_channels`` = ``C`` classes), or a built ``nn.Module``
+            mapping ``(B, K, h, w, d)`` to ``(B, C, h, w, d)`` logits.
         loss: ``dict(type="DiceBCELoss", lambda_dice=1.0, lambda_bce=1.0)`` (default) or ``dict(type="DiceLoss")``.
         prior_prob: initial foreground probability of every voxel: :meth:`init_weights` (called by mmengine's
             Runner when training starts, after ``init_cfg``) sets the bias of each output convolution (one channel
@@ -164,6 +166,10 @@ class Monai3DSegmenter(BaseModel):
         else:
             self.net_cfg = to_dict(dict(net))
             self.net = build_net(self.net_cfg)
+        convs = [m for m in self.net.modules() if isinstance(m, nn.Conv3d)]
+        #: ``K`` and ``C`` (from the net's config; a built module: its first and last 3D convolutions, or None)
+        self.in_channels: int | None = self.net_cfg.get("in_channels") or (convs[0].in_channels if convs else None)
+        self.num_classes: int | None = self.net_cfg.get("out_channels") or (convs[-1].out_channels if convs else None)
         self.loss_fn = build_loss(loss)
         self.prior_prob = None if prior_prob is None else float(prior_prob)
         if self.prior_prob is not None:
@@ -178,8 +184,19 @@ class Monai3DSegmenter(BaseModel):
         self.val_window = SlidingWindow.from_cfg(val, self.net_cfg, "model.val_cfg")
 
     def _output_convs(self) -> list[nn.Conv3d]:
-        """The network's convolutions with one output channel per class (output block, deep-supervision heads)."""
-        return [m for m in self.net.modules() if isinstance(m, nn.Conv3d) and m.out_channels == NUM_CLASSES]
+        """The network's convolutions with one output channel per class: SegResNet's ``conv_final``, DynUNet's
+        ``output_block`` and ``deep_supervision_heads``; for another network, its last 3D convolution (inner
+        convolutions that happen to have as many channels as there are classes are never taken)."""
+        n = self.num_classes
+        heads: list[nn.Conv3d] = []
+        for name in ("conv_final", "output_block", "deep_supervision_heads"):
+            part = getattr(self.net, name, None)
+            if isinstance(part, nn.Module):
+                heads += [m for m in part.modules() if isinstance(m, nn.Conv3d) and m.out_channels == n]
+        if heads:
+            return heads
+        convs = [m for m in self.net.modules() if isinstance(m, nn.Conv3d)]
+        return convs[-1:] if convs and convs[-1].out_channels == n else []
 
     def init_weights(self) -> None:
         """mmengine's initialisation (``init_cfg``), then the ``prior_prob`` biases of the output convolutions.
@@ -201,23 +218,32 @@ class Monai3DSegmenter(BaseModel):
         """One of three modes.
 
         Args:
-            inputs: ``"tensor"`` / ``"loss"``: float32 patches ``(B, 1, h, w, d)``; ``"predict"``: preprocessed whole
-                volumes, a list of float32 ``(1, h, w, D)`` (or a ``(B, 1, h, w, D)`` tensor).
-            data_samples: ``"loss"``: ``{"labels": float32 (B, 3, h, w, d)}``; ``"predict"``: one
-                ``BaseDataElement`` per volume whose metainfo ``ori_shape = (D, H, W)`` is the original size
+            inputs: ``"tensor"`` / ``"loss"``: float32 patches ``(B, K, h, w, d)``; ``"predict"``: preprocessed whole
+                volumes, a list of float32 ``(K, h, w, d)`` (or a ``(B, K, h, w, d)`` tensor).
+            data_samples: ``"loss"``: ``{"labels": float32 (B, C, h, w, d)}``; ``"predict"``: one
+                ``BaseDataElement`` per volume whose metainfo ``ori_shape = (D, H, W)`` is the original grid
                 (None: the probabilities stay at the input's size).
-            mode: ``"tensor"`` (logits ``(B, 3, h, w, d)``; DynUNet in training: ``(B, S, 3, h, w, d)``),
+            mode: ``"tensor"`` (logits ``(B, C, h, w, d)``; DynUNet in training: ``(B, S, C, h, w, d)``),
                 ``"loss"`` (``{"loss": scalar}``) or ``"predict"`` (the data samples, each with ``probs`` float32
-                ``(D, 3, H, W)`` in ``[0, 1]``; ``test_cfg`` settings).
+                ``(D, C, H, W)`` in ``[0, 1]``; ``test_cfg`` settings).
 
         Raises:
-            ValueError: unknown mode; ``"loss"`` without labels.
+            ValueError: unknown mode; ``"loss"`` without labels, or patches of other channel counts than the net's.
         """
         if mode == "tensor":
             return self.net(inputs)
         if mode == "loss":
             if not isinstance(data_samples, Mapping) or "labels" not in data_samples:
-                raise ValueError("mode='loss' needs data_samples={'labels': float32 (B, 3, h, w, d)}")
+                raise ValueError("mode='loss' needs data_samples={'labels': float32 (B, C, h, w, d)}")
+            labels = data_samples["labels"]
+            if (self.in_channels and inputs.shape[1] != self.in_channels) or (
+                self.num_classes and labels.shape[1] != self.num_classes
+            ):
+                raise ValueError(
+                    f"training patches have {inputs.shape[1]} image channel(s) and {labels.shape[1]} label channel(s); "
+                    f"the net takes {self.in_channels} and predicts {self.num_classes} (model.net in_channels / "
+                    "out_channels, filled from WORK/dataset.json by training.config.load_config)"
+                )
             logits = self.net(inputs)
             return {"loss": self.loss_fn(logits.float(), data_samples["labels"])}
         if mode == "predict":
@@ -243,33 +269,35 @@ class Monai3DSegmenter(BaseModel):
             raise ValueError(f"{len(volumes)} volumes but {len(samples)} data samples")
         for x, sample in zip(volumes, samples):
             ori = sample.metainfo.get("ori_shape")
-            out_hw = (int(ori[1]), int(ori[2])) if ori is not None else tuple(x.shape[1:3])
-            sample.probs = self.predict_probs(x[None], out_hw, window)
+            out = (int(ori[1]), int(ori[2]), int(ori[0])) if ori is not None else tuple(x.shape[1:])
+            sample.probs = self.predict_probs(x[None], out, window)
         return samples
 
     @torch.no_grad()
     def predict_probs(
-        self, x: torch.Tensor, out_hw: Sequence[int], window: SlidingWindow | None = None
+        self, x: torch.Tensor, out_shape: Sequence[int], window: SlidingWindow | None = None
     ) -> torch.Tensor:
-        """Mean sigmoid probabilities over the TTA flips, resampled in-plane to ``out_hw``.
+        """Mean sigmoid probabilities over the TTA flips, resampled to ``out_shape``.
 
         Args:
-            x: float32 ``(1, 1, h, w, D)`` preprocessed volume (any size: windows larger than the volume are padded).
-            out_hw: ``(H, W)`` of the result (the case-day's original slice size).
+            x: float32 ``(1, K, h, w, d)`` preprocessed volume (any size: windows larger than the volume are padded).
+            out_shape: ``(H, W)`` (in-plane; the depth is kept) or ``(H, W, D)`` of the result: the case-day's
+                original grid (:func:`segmenters.monai.volumes.resize_volume`).
             window: sliding-window settings (default: ``test_cfg``).
 
         Returns:
-            float32 ``(D, 3, H, W)`` in ``[0, 1]`` on ``x``'s device.
+            float32 ``(D, C, H, W)`` in ``[0, 1]`` on ``x``'s device.
         """
         from monai.inferers import sliding_window_inference
 
         w = window or self.test_window
-        if x.ndim != 5 or x.shape[:2] != (1, 1):
-            raise ValueError(f"expected one preprocessed volume (1, 1, h, w, D), got shape {tuple(x.shape)}")
+        k = self.in_channels or x.shape[1]
+        if x.ndim != 5 or x.shape[:2] != (1, k):
+            raise ValueError(f"expected one preprocessed volume (1, {k}, h, w, d), got shape {tuple(x.shape)}")
         x = x.float()
         amp = w.amp and x.device.type == "cuda"
         flips = tta_variants(w.tta)
-        acc = torch.zeros((NUM_CLASSES, *x.shape[2:]), dtype=torch.float32, device=x.device)
+        acc: torch.Tensor | None = None
         for dims in flips:
             xi = torch.flip(x, dims) if dims else x
             with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=amp):
@@ -285,7 +313,8 @@ class Monai3DSegmenter(BaseModel):
                     cval=0.0,
                 )
             p = torch.sigmoid(logits.float())
-            acc += (torch.flip(p, dims) if dims else p)[0]
+            p = (torch.flip(p, dims) if dims else p)[0]
+            acc = p if acc is None else acc.add_(p)
         probs = (acc / len(flips)).clamp_(0.0, 1.0)
-        probs = resize_hw(probs, (int(out_hw[0]), int(out_hw[1]))).clamp_(0.0, 1.0)  # (3, H, W, D)
+        probs = resize_volume(probs, tuple(int(v) for v in out_shape)).clamp_(0.0, 1.0)  # (C, H, W, D)
         return probs.permute(3, 0, 1, 2).contiguous()

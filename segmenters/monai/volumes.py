@@ -1,17 +1,20 @@
-"""Pure pieces of the 3D segmenters (MONAI SegResNet, DynUNet): intensity normalisation, in-plane resampling,
-patch-size checks, the network and loss builders, and the case-day reader. The registered training modules
+"""Pure pieces of the 3D segmenters (MONAI SegResNet, DynUNet): intensity normalisation, resampling, patch-size
+checks, the network and loss builders, and the case-day reader. The registered training modules
 (:mod:`segmenters.monai.model`, :mod:`segmenters.monai.data`, :mod:`segmenters.monai.metric`,
 :mod:`segmenters.monai.hooks`) and inference (:mod:`segmenters.monai.inference`) are built on them.
 
 Layout conventions:
 
-- a case-day volume on disk is ``uint16 (D, H, W)`` (data_prep's WORK folder, :func:`data_prep.work.load_volume`),
-  its mask a ``uint8 (D, H, W)`` bit field (bit ``c`` = ``CLASSES[c]``);
-- inside the 3D models a volume is MONAI's channel-first ``(C, H, W, D)`` (a batch ``(B, C, H, W, D)``), so the
-  configs' patch sizes read ``H x W x D`` like the config names (``-224x224x80``);
-- every volume is resampled **in-plane** to a fixed size (or a fixed pixel spacing) before the model and back to
-  each slice's original ``H x W`` afterwards; the depth is never resampled (80- and 144-slice case-days both work:
-  patches larger than a volume are padded).
+- a case-day volume on disk is ``uint16 (D, H, W)`` per image channel (data_prep's WORK folder,
+  :func:`data_prep.work.load_volume`), its mask ``(D, H, W)`` a bit field or a label map that
+  ``DatasetInfo.unpack`` turns into ``C`` binary channels (the classes of ``WORK/dataset.json``);
+- inside the 3D models a volume is MONAI's channel-first ``(K, H, W, D)`` (``K`` image channels; a batch
+  ``(B, K, H, W, D)``), so the configs' patch sizes read ``H x W x D`` like the config names (``-224x224x80``);
+- every volume is resampled before the model and back to its own grid afterwards (:func:`resample_plan`):
+  **in-plane** to a fixed size or a fixed pixel spacing, the depth kept (80- and 144-slice case-days both work:
+  patches larger than a volume are padded), or, for anisotropic volumes of any dataset, to a target spacing
+  ``(sz, sy, sx)`` in **all three axes** (``resample=dict(mode="spacing", spacing=(sz, sy, sx))``; each volume's
+  own spacing comes from ``WORK/dataset.json``).
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_prep.constants import CLASSES, NUM_CLASSES
-from data_prep.volumes import unpack_mask
-from data_prep.work import has_mask, load_mask, load_volume, prepare_hint
+from data_prep.dataset import KAGGLE, DatasetInfo
+from data_prep.work import has_mask, load_mask, load_volume, prepare_hint, read_dataset
+from training.checks import volume_channels
 
 #: Model types this module builds (any other ``monai.networks.nets`` name is accepted too, unchecked).
 MODEL_TYPES: tuple[str, ...] = ("SegResNet", "DynUNet")
@@ -91,6 +94,33 @@ def normalize_intensity(
     raise ValueError(f"norm mode must be one of {NORM_MODES}, got {mode!r}")
 
 
+def resample_mode(resample: Mapping[str, Any]) -> str:
+    """The mode of a ``resample`` dict: its ``mode``, else ``"spacing"`` when it names a ``spacing`` or ``pixdim``,
+    else ``"size"``.
+
+    >>> resample_mode({"spacing": (3.0, 1.5, 1.5)}), resample_mode({"size": (64, 64)})
+    ('spacing', 'size')
+    """
+    if resample.get("mode"):
+        return str(resample["mode"])
+    return "spacing" if resample.get("spacing") is not None or resample.get("pixdim") is not None else "size"
+
+
+def _target_spacing(resample: Mapping[str, Any]) -> tuple[float | None, float, float]:
+    """``(tz or None, ty, tx)`` of a ``"spacing"`` resample: ``spacing=(sz, sy, sx)`` (all three axes) or
+    ``pixdim=(sy, sx)`` (in-plane)."""
+    three, two = resample.get("spacing"), resample.get("pixdim")
+    if (three is None) == (two is None):
+        raise ValueError(
+            "resample mode 'spacing' needs exactly one of spacing=(sz, sy, sx) (all three axes) and pixdim=(sy, sx) "
+            f"(in-plane), got {dict(resample)}"
+        )
+    vals = tuple(float(v) for v in (three if three is not None else two))
+    if len(vals) != (3 if three is not None else 2) or min(vals) <= 0:
+        raise ValueError(f"resample spacing must be positive mm, (sz, sy, sx) or pixdim (sy, sx), got {dict(resample)}")
+    return (vals[0], vals[1], vals[2]) if three is not None else (None, vals[0], vals[1])
+
+
 def target_hw(
     hw: Sequence[int], resample: Mapping[str, Any], spacing: Sequence[float] | None = None
 ) -> tuple[int, int]:
@@ -99,7 +129,8 @@ def target_hw(
     Args:
         hw: ``(H, W)`` of the original slices.
         resample: ``{"mode": "size", "size": (h, w)}`` (fixed size, the default), ``{"mode": "spacing",
-            "pixdim": (sy, sx)}`` (mm per pixel; needs ``spacing``) or ``{"mode": "none"}``.
+            "pixdim": (sy, sx)}`` (mm per pixel), ``{"mode": "spacing", "spacing": (sz, sy, sx)}`` (all three axes;
+            :func:`target_shape` gives the depth) or ``{"mode": "none"}``.
         spacing: ``(sy, sx)`` or ``(sz, sy, sx)`` mm of the original slices (only for ``"spacing"``).
 
     >>> target_hw((310, 360), {"mode": "size", "size": (256, 256)})
@@ -107,7 +138,7 @@ def target_hw(
     >>> target_hw((266, 266), {"mode": "spacing", "pixdim": (3.0, 3.0)}, spacing=(3.0, 1.5, 1.5))
     (133, 133)
     """
-    mode = resample.get("mode", "size")
+    mode = resample_mode(resample)
     if mode == "none":
         return int(hw[0]), int(hw[1])
     if mode == "size":
@@ -116,12 +147,38 @@ def target_hw(
             raise ValueError(f"resample size must be (h, w) with positive ints, got {size!r}")
         return int(size[0]), int(size[1])
     if mode == "spacing":
+        _, ty, tx = _target_spacing(resample)
         if spacing is None:
-            raise ValueError("resample mode 'spacing' needs the volume's pixel spacing; pass spacing=(sy, sx)")
+            raise ValueError("resample mode 'spacing' needs the volume's pixel spacing; pass spacing=(sz, sy, sx)")
         sy, sx = (float(s) for s in tuple(spacing)[-2:])
-        ty, tx = (float(s) for s in resample["pixdim"])
         return max(1, round(hw[0] * sy / ty)), max(1, round(hw[1] * sx / tx))
     raise ValueError(f"resample mode must be one of {RESAMPLE_MODES}, got {mode!r}")
+
+
+def target_shape(
+    dhw: Sequence[int], resample: Mapping[str, Any], spacing: Sequence[float] | None = None
+) -> tuple[int, int, int]:
+    """Grid ``(d, h, w)`` a volume of shape ``dhw = (D, H, W)`` is resampled to: :func:`target_hw` in-plane; the
+    depth is kept, except for ``{"mode": "spacing", "spacing": (sz, sy, sx)}``, which needs ``spacing = (sz, sy,
+    sx)`` of the volume and resamples every axis to the target spacing.
+
+    >>> target_shape((80, 266, 266), {"mode": "spacing", "spacing": (1.5, 1.5, 1.5)}, (3.0, 1.5, 1.5))
+    (160, 266, 266)
+    >>> target_shape((80, 266, 266), {"mode": "size", "size": (128, 128)})
+    (80, 128, 128)
+    """
+    h, w = target_hw(dhw[1:], resample, spacing)
+    d = int(dhw[0])
+    if resample_mode(resample) == "spacing":
+        tz, _, _ = _target_spacing(resample)
+        if tz is not None:
+            if spacing is None or len(tuple(spacing)) != 3:
+                raise ValueError(
+                    "resample spacing=(sz, sy, sx) needs the volume's spacing (sz, sy, sx) mm (WORK/dataset.json); "
+                    f"got {spacing!r}"
+                )
+            d = max(1, round(d * float(tuple(spacing)[0]) / tz))
+    return d, h, w
 
 
 def resize_hw(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
@@ -151,44 +208,92 @@ def resize_hw(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> t
     return y.permute(1, 2, 3, 0).contiguous()
 
 
+def resize_volume(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """Resample a channel-first volume to ``size`` = ``(h, w)`` (in-plane, :func:`resize_hw`) or ``(h, w, d)``
+    (in-plane, then linearly along the depth: trilinear overall).
+
+    Args:
+        x: float tensor ``(C, H, W, D)``.
+        size: ``(h, w)`` or ``(h, w, d)``.
+        mode: ``"bilinear"`` (linear along the depth) or ``"nearest"``.
+
+    Returns:
+        ``(C, h, w, d)``, same dtype and device; ``x`` itself when the size already matches.
+    """
+    y = resize_hw(x, size[:2], mode)
+    if len(size) < 3 or int(size[2]) == y.shape[3]:
+        return y
+    c, h, w, _ = y.shape
+    d = int(size[2])
+    flat = y.reshape(1, c * h * w, y.shape[3])  # (1, C*h*w, D): 1D resampling along the depth
+    if mode == "bilinear":
+        flat = F.interpolate(flat, size=d, mode="linear", align_corners=False)
+    else:
+        flat = F.interpolate(flat, size=d, mode="nearest-exact")
+    return flat.reshape(c, h, w, d).contiguous()
+
+
+def resample_plan(
+    dhw: Sequence[int], resample: Mapping[str, Any] | None, spacing: Sequence[float] | None = None
+) -> tuple[int, int, int]:
+    """The model-side size ``(h, w, d)`` (MONAI's axis order) of a volume of shape ``dhw = (D, H, W)`` and spacing
+    ``(sz, sy, sx)`` under ``resample`` (None: :data:`DEFAULT_RESAMPLE`); the prediction is resampled back to
+    ``(H, W, D)`` by :func:`resize_volume`.
+
+    >>> resample_plan((40, 64, 48), {"mode": "spacing", "spacing": (2.0, 2.0, 2.0)}, (4.0, 1.0, 1.0))
+    (32, 24, 80)
+    """
+    d, h, w = target_shape(dhw, dict(resample or DEFAULT_RESAMPLE), spacing)
+    return h, w, d
+
+
 def preprocess_image(
-    volume: np.ndarray,
+    volume: np.ndarray | Sequence[np.ndarray],
     norm: Mapping[str, Any] | None = None,
     resample: Mapping[str, Any] | None = None,
     spacing: Sequence[float] | None = None,
     device: str | torch.device | None = None,
+    channels: int | None = None,
 ) -> torch.Tensor:
-    """A scan as the model's input: normalised, resampled in-plane, channel-first.
+    """A scan as the model's input: every image channel normalised on its own, resampled, channel-first.
 
     Args:
-        volume: ``(D, H, W)`` scan (uint16 or any real dtype).
+        volume: ``(D, H, W)`` scan (uint16 or any real dtype), or ``K`` image channels: ``(K, D, H, W)`` or a list
+            of ``K`` ``(D, H, W)`` arrays.
         norm: ``dict(mode="percentile" | "max" | "zscore", percentiles=(lo, hi))`` (default percentile 0-99.5,
             see :func:`normalize_intensity`).
-        resample: in-plane target (see :func:`target_hw`; default ``dict(mode="size", size=(256, 256))``).
-        spacing: ``(sz, sy, sx)`` or ``(sy, sx)`` mm (only for ``resample.mode == "spacing"``).
+        resample: target grid (:func:`resample_plan`; default ``dict(mode="size", size=(256, 256))``).
+        spacing: ``(sz, sy, sx)`` or ``(sy, sx)`` mm (only for ``resample.mode == "spacing"``; ``(sz, sy, sx)`` for
+            a 3-axis target spacing).
         device: where the resampling runs (default CPU).
+        channels: the expected ``K`` (None: a 3-D array is one channel, a 4-D array or a list gives ``K``).
 
     Returns:
-        float32 ``(1, h, w, D)``.
+        float32 ``(K, h, w, d)``.
     """
-    if volume.ndim != 3:
-        raise ValueError(f"expected a volume (D, H, W), got shape {volume.shape}")
+    if channels is None:
+        channels = len(volume) if isinstance(volume, (list, tuple)) else (1 if np.ndim(volume) == 3 else len(volume))
+    parts = volume_channels(volume, int(channels), "the 3D model's volume")
     norm = dict(norm or DEFAULT_NORM)
-    v = normalize_intensity(volume, norm.get("mode", "percentile"), norm.get("percentiles", (0.0, 99.5)))
-    x = torch.from_numpy(np.ascontiguousarray(v.transpose(1, 2, 0)))[None]  # (1, H, W, D)
+    planes = []
+    for v in parts:
+        v = normalize_intensity(v, norm.get("mode", "percentile"), norm.get("percentiles", (0.0, 99.5)))
+        planes.append(torch.from_numpy(np.ascontiguousarray(v.transpose(1, 2, 0))))  # (H, W, D)
+    x = torch.stack(planes)  # (K, H, W, D)
     if device is not None:
         x = x.to(device)
-    hw = target_hw(volume.shape[1:], dict(resample or DEFAULT_RESAMPLE), spacing)
-    return resize_hw(x, hw)
+    return resize_volume(x, resample_plan(parts[0].shape, resample, spacing))
 
 
-def preprocess_label(mask: np.ndarray, hw: Sequence[int]) -> torch.Tensor:
-    """A ``uint8 (D, H, W)`` bit-field mask as ``float32 (3, h, w, D)`` binary channels at in-plane size ``hw``."""
+def preprocess_label(mask: np.ndarray, size: Sequence[int], dataset: DatasetInfo = KAGGLE) -> torch.Tensor:
+    """A WORK mask ``(D, H, W)`` (bit field or label map of ``dataset``) as ``float32 (C, h, w, d)`` binary channels
+    at ``size`` = ``(h, w)`` (depth kept) or ``(h, w, d)`` (resampled linearly, then thresholded at 0.5)."""
     if mask.ndim != 3:
         raise ValueError(f"expected a mask (D, H, W), got shape {mask.shape}")
-    y = torch.from_numpy(unpack_mask(np.asarray(mask)).transpose(1, 2, 3, 0).astype(np.float32))  # (3, H, W, D)
-    if tuple(y.shape[1:3]) != tuple(hw):
-        y = (resize_hw(y, hw) > 0.5).float()
+    y = torch.from_numpy(dataset.unpack(np.asarray(mask)).transpose(1, 2, 3, 0).astype(np.float32))  # (C, H, W, D)
+    full = tuple(int(v) for v in size) if len(size) == 3 else (int(size[0]), int(size[1]), y.shape[3])
+    if tuple(y.shape[1:]) != full:
+        y = (resize_volume(y, full) > 0.5).float()
     return y
 
 
@@ -236,7 +341,12 @@ def build_net(net_cfg: Mapping[str, Any]) -> nn.Module:
     """A MONAI network from ``net = dict(type="SegResNet" | "DynUNet", **kwargs)`` (any other
     ``monai.networks.nets`` name too).
 
-    ``out_channels`` must equal ``len(CLASSES)`` (multi-label sigmoid outputs, one channel per class).
+    ``out_channels`` (one sigmoid channel per class) and ``in_channels`` (the image channels) must be given: the
+    configs leave them None and :func:`training.config.load_config` fills them from ``WORK/dataset.json`` (or, at
+    inference, from the checkpoint).
+
+    Raises:
+        ValueError: an unknown network type, or ``out_channels`` / ``in_channels`` missing or not positive.
     """
     import monai.networks.nets as nets
 
@@ -247,13 +357,13 @@ def build_net(net_cfg: Mapping[str, Any]) -> nn.Module:
         close = difflib.get_close_matches(str(typ), names, n=3)
         hint = f" (close: {close})" if close else ""
         raise ValueError(f"unknown network type {typ!r} (model.net.type); expected one of {MODEL_TYPES}{hint}")
-    if kwargs.get("out_channels", NUM_CLASSES) != NUM_CLASSES:
-        raise ValueError(
-            f"model.net.out_channels must be {NUM_CLASSES} (one sigmoid channel per class in {CLASSES}), "
-            f"got {kwargs['out_channels']}"
-        )
-    kwargs.setdefault("out_channels", NUM_CLASSES)
-    kwargs.setdefault("in_channels", 1)
+    for key, what in (("out_channels", "one per class"), ("in_channels", "one per image channel")):
+        value = kwargs.get(key)
+        if value is None or int(value) < 1:
+            raise ValueError(
+                f"model.net.{key} must be a positive int ({what}), got {value!r}: load the config with "
+                "training.config.load_config, which fills it from WORK/dataset.json (or the checkpoint at inference)"
+            )
     kwargs.setdefault("spatial_dims", 3)
     return getattr(nets, typ)(**kwargs)
 
@@ -354,17 +464,41 @@ def tta_variants(tta: Sequence[str] | None) -> list[tuple[int, ...]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def volume_spacing(
+    dataset: DatasetInfo, case_day: str, entry: Mapping[str, Any] | None = None
+) -> tuple[float, float, float] | None:
+    """``(sz, sy, sx)`` mm of a case-day: the dataset description's (``WORK/dataset.json``), else the 3D datalist
+    entry's ``spacing`` (:func:`data_prep.exports.read_datalist`; the Kaggle layout), else None."""
+    if case_day in dataset.volumes:
+        return tuple(float(v) for v in dataset.volumes[case_day].spacing)  # type: ignore[return-value]
+    if entry and entry.get("spacing") is not None:
+        sp = tuple(float(v) for v in entry["spacing"])
+        return dataset.spacing(case_day, sp[-2:]) if len(sp) == 2 else sp  # type: ignore[return-value]
+    return None
+
+
 def load_case_day(
-    work: str | os.PathLike, case_day: str, entry: Mapping[str, Any] | None = None
-) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
-    """``(volume uint16 (D, H, W) memmap, mask uint8 (D, H, W) bit-field memmap or None, spacing or None)`` of a
-    case-day of a WORK folder; ``entry`` (of :func:`data_prep.exports.read_datalist`) gives the spacing
-    ``(z, y, x)`` mm."""
-    volume = load_volume(work, case_day)
+    work: str | os.PathLike,
+    case_day: str,
+    entry: Mapping[str, Any] | None = None,
+    dataset: DatasetInfo | None = None,
+) -> tuple[list[np.ndarray], np.ndarray | None, tuple[float, float, float] | None]:
+    """``(image channels [uint16 (D, H, W) memmap] * K, mask (D, H, W) memmap or None, spacing (sz, sy, sx) mm or
+    None)`` of a case-day of a WORK folder (``K`` image channels and the spacing from ``dataset``, default
+    ``read_dataset(work)``; the spacing falls back to the datalist ``entry``'s, :func:`volume_spacing`).
+
+    Raises:
+        FileNotFoundError: a missing volume. ValueError: channels or mask of another shape than channel 0.
+    """
+    dataset = read_dataset(work) if dataset is None else dataset
+    channels = [load_volume(work, case_day, channel=k) for k in range(dataset.num_channels)]
+    shape = channels[0].shape
     mask = load_mask(work, case_day) if has_mask(work, case_day) else None
-    if mask is not None and mask.shape != volume.shape:
+    bad = [f"channel {k}: {v.shape}" for k, v in enumerate(channels) if v.shape != shape]
+    if mask is not None and mask.shape != shape:
+        bad.append(f"mask: {mask.shape}")
+    if bad:
         raise ValueError(
-            f"{case_day}: mask {mask.shape} and volume {volume.shape} differ in {work}; re-run `{prepare_hint(work)}`"
+            f"{case_day}: {', '.join(bad)} differ from the volume {shape} in {work}; re-run `{prepare_hint(work)}`"
         )
-    spacing = tuple(float(v) for v in entry["spacing"]) if entry and entry.get("spacing") is not None else None
-    return volume, mask, spacing
+    return channels, mask, volume_spacing(dataset, case_day, entry)

@@ -54,7 +54,7 @@ CONFIGS = sorted((REPO_ROOT / "mmcfg" / "monai3d").glob("*.py"))
 ALLOWED_KEYS = {
     "model", "train_dataloader", "val_dataloader", "test_dataloader", "val_evaluator", "test_evaluator",
     "optim_wrapper", "param_scheduler", "train_cfg", "val_cfg", "test_cfg", "default_hooks", "custom_hooks",
-    "randomness", "custom_imports", "work", "fold", "split_variant", "norm", "resample",
+    "randomness", "custom_imports", "work", "fold", "split_variant", "norm", "resample", "num_classes", "dataset_info",
     # mmcfg/_base_/default_runtime.py
     "runner_type", "env_cfg", "model_wrapper_cfg", "vis_backends", "visualizer", "log_processor", "log_level",
     "load_from", "resume",
@@ -133,8 +133,10 @@ def test_check_roi_and_networks():
     assert check_roi((160, 160, 80), dyn) == (160, 160, 80)
     with pytest.raises(ValueError, match=r"\(16, 16, 8\)"):
         check_roi((168, 160, 80), dyn)
-    with pytest.raises(ValueError, match="out_channels must be 3"):
-        build_net({"type": "SegResNet", "out_channels": 2})
+    with pytest.raises(ValueError, match="out_channels must be a positive int .*WORK/dataset.json"):
+        build_net({"type": "SegResNet", "in_channels": 1})  # the configs leave it to training.config
+    with pytest.raises(ValueError, match="in_channels must be a positive int"):
+        build_net({"type": "SegResNet", "out_channels": 3, "in_channels": None})
     with pytest.raises(ValueError, match="unknown network type 'SegResNett'.*SegResNet"):
         build_net({"type": "SegResNett"})
 

@@ -1,11 +1,15 @@
 # 2.5D slices of data_prep's WORK folder (docs/contracts.md). The top-level keys below are shortcuts that
-# segmenters.configs.load_config copies into the datasets and pipelines (one --cfg-options changes them all).
+# training.config.load_config copies into the datasets and pipelines (one --cfg-options changes them all).
 work = None  # WORK folder; None = --work, else $GITRACT_WORK, else work/ under the repository
 fold = 0
 split_variant = "all"  # training side: all | notail | noanno (val is never filtered)
 boxes = None  # optional crop-box CSV (id, x0, y0, x1, y1)
 img_size = (384, 384)
 stack = dict(stride=2, channels=3, norm="max")  # [i-2, i, i+2], each stack divided by its max (1st place)
+# the classes the model predicts; None = every class of WORK/dataset.json (the 3 UW-Madison classes without one).
+# The model's input: stack.channels planes per image channel of the dataset (modality-major).
+num_classes = None
+dataset_info = None  # {"classes", "label_kind", "channels"}; None = WORK/dataset.json (inference: the checkpoint's)
 
 albu_train = [
     dict(type="HorizontalFlip", p=0.5),
@@ -63,5 +67,5 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(type="GIMultiLabelMetric")
+val_evaluator = dict(type="GIMultiLabelMetric", classes=None)  # classes: the shortcut fills them
 test_evaluator = val_evaluator

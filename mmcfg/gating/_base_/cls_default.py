@@ -1,7 +1,8 @@
-# Slice classifier (gating.mm): a timm model with 3 presence logits on 2.5D stacks, trained on the shared engine
-# (tools/train.py). AdamW, linear warm-up then cosine to 1%, best checkpoint by the gate score (cls/score).
+# Slice classifier (gating.mm): a timm model with one presence logit per class on 2.5D stacks, trained on the shared
+# engine (tools/train.py). AdamW, linear warm-up then cosine to 1%, best checkpoint by the gate score (cls/score).
 # Top-level shortcuts (training.config.load_config copies them where they belong; one --cfg-options changes all):
-# work, fold, split_variant, img_size, stack (channels -> the datasets and model.in_channels).
+# work, fold, split_variant, img_size, stack (channels -> the datasets; x image channels -> model.in_channels),
+# num_classes (None: every class of WORK/dataset.json -> model.num_classes).
 _base_ = ["../../_base_/default_runtime.py", "../../_base_/schedules/iter_based.py"]
 custom_imports = dict(imports=["training.runner", "training.hooks", "gating.mm"], allow_failed_imports=False)
 
@@ -10,11 +11,14 @@ fold = 0
 split_variant = "all"  # training side: every slice of the fold's training cases (the fault list applies)
 img_size = (256, 256)
 stack = dict(stride=2, channels=3)  # [i-2, i, i+2], each stack divided by its max
+num_classes = None  # presence logits; None = every class of WORK/dataset.json
+dataset_info = None  # {"classes", "label_kind", "channels"}; None = WORK/dataset.json (inference: the checkpoint's)
 
 model = dict(
     type="SliceClassifierModel",
     model_name="efficientnet_b0",  # any timm model
-    in_channels=3,
+    in_channels=3,  # stack.channels x the image channels of WORK/dataset.json (training.config)
+    num_classes=None,  # from WORK/dataset.json (training.config)
     pretrained=None,  # local file of the timm model's weights; never downloaded
     drop_rate=0.2,
     drop_path_rate=0.1,
@@ -58,7 +62,7 @@ val_dataloader = dict(
 )
 test_dataloader = val_dataloader
 # cls/score: the competition score of a perfect segmenter behind the gate at `threshold` (evaluation.classification)
-val_evaluator = dict(type="SliceClsMetric", work=work, threshold=0.5)
+val_evaluator = dict(type="SliceClsMetric", work=work, threshold=0.5, classes=None)
 test_evaluator = val_evaluator
 
 optim_wrapper = dict(

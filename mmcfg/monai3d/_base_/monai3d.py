@@ -1,6 +1,6 @@
 # What every MONAI 3D model shares: the modules to register, the mmengine model around the MONAI network (its
-# ``net`` comes from segresnet.py / dynunet.py), multi-label (3 sigmoid channels in CLASSES order), input
-# (B, 1, H, W, D).
+# ``net`` comes from segresnet.py / dynunet.py), multi-label (one sigmoid channel per class of WORK/dataset.json, in
+# its order), input (B, K, H, W, D) with K the dataset's image channels.
 custom_imports = dict(
     imports=[
         "training.runner",

@@ -1,13 +1,19 @@
-# UW-Madison GI Tract case-day volumes from data_prep's WORK (exports/3d/fold_k/datalist.json + splits/splits.json).
-# The top-level keys work / fold / split_variant / norm / resample are shortcuts that training.config.load_config
-# copies into the datasets (one --cfg-options value changes them all). Every volume is normalised per volume and
-# resampled in-plane to `resample.size` (H, W); the depth (80 or 144 slices) is kept. Training, validation and
-# inference (test_dataloader) all preprocess with the top-level `norm` and `resample`.
+# Case-day volumes of data_prep's WORK (exports/3d/fold_k/datalist.json + splits/splits.json), any dataset: the
+# classes and image channels come from WORK/dataset.json. The top-level keys work / fold / split_variant / norm /
+# resample / num_classes are shortcuts that training.config.load_config copies into the datasets and the model (one
+# --cfg-options value changes them all). Every volume is normalised per volume and resampled in-plane to
+# `resample.size` (H, W); the depth (80 or 144 slices) is kept unless `resample.spacing` asks for a 3D spacing.
+# Training, validation and inference (test_dataloader) all preprocess with the top-level `norm` and `resample`.
 work = None  # WORK folder; None = --work, else $GITRACT_WORK, else work/ under the repository
 fold = 0
 split_variant = "all"  # the 3D models train on every training case-day of the fold
 norm = dict(mode="percentile", percentiles=(0.0, 99.5))  # per volume; "max" and "zscore" exist too
-resample = dict(mode="size", size=(256, 256))  # or dict(mode="spacing", pixdim=(1.5, 1.5)) / dict(mode="none")
+# in-plane to a size; or dict(mode="spacing", pixdim=(sy, sx)) in-plane; or dict(mode="spacing", spacing=(sz, sy, sx))
+# in all three axes (anisotropic volumes: each volume's spacing comes from WORK/dataset.json, the prediction is
+# resampled back to the volume's grid); or dict(mode="none")
+resample = dict(mode="size", size=(256, 256))
+num_classes = None  # the classes the model predicts; None = every class of WORK/dataset.json
+dataset_info = None  # {"classes", "label_kind", "channels"}; None = WORK/dataset.json (inference: the checkpoint's)
 
 train_dataloader = dict(
     batch_size=2,
@@ -57,5 +63,5 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(type="CaseDay3DMetric", threshold=0.5)
+val_evaluator = dict(type="CaseDay3DMetric", threshold=0.5, classes=None)  # classes: the shortcut fills them
 test_evaluator = val_evaluator
