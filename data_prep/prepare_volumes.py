@@ -207,7 +207,7 @@ def convert_labels(label: np.ndarray, info: DatasetInfo, where: str = "label") -
             if v <= hi:
                 member[v, c] = 1
                 lut[v] = c + 1 if info.label_kind == "exclusive" else lut[v] | (dt.type(1) << dt.type(c))
-    return lut[label], counts.astype(np.int64) @ member
+    return np.take(lut, label), counts.astype(np.int64) @ member
 
 
 # ------------------------------------------------------------------------------------------------------ one volume

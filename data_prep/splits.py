@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from common.io import atomic_write_text, markdown_table
 from data_prep.constants import (
@@ -190,6 +189,8 @@ def assign_folds(
     Returns:
         int64 ``(N,)``: the fold in which each slice is validated.
     """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold  # noqa: PLC0415 - 3 s of import, once
+
     method = _normalise_method(method)
     cases = manifest["case"].to_numpy()
     unique = np.unique(cases)
