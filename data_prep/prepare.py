@@ -148,6 +148,69 @@ def _args_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
 
+def split_args(
+    n_folds: int,
+    seed: int,
+    split_method: str,
+    tail: int,
+    tail_before: int,
+    faulty_case_days: Sequence[str],
+) -> dict[str, Any]:
+    """The split options as ``prepare.json`` records them (``args["splits"]``)."""
+    from data_prep.splits import _normalise_method  # noqa: PLC0415 - keeps `import data_prep.prepare` light
+
+    return {
+        "n_folds": int(n_folds),
+        "seed": int(seed),
+        "method": _normalise_method(split_method),
+        "tail": int(tail),
+        "tail_before": int(tail_before),
+        "faulty_case_days": sorted(set(faulty_case_days)),
+    }
+
+
+def start_run(work: Path, args: dict[str, Any], version: int, overwrite: bool) -> dict[str, Any] | None:
+    """The run contract of every ``prepare``: check ``work`` against the arguments and mark the run started.
+
+    Returns:
+        The finished ``prepare.json`` when ``work`` is up to date (same arguments and version: nothing to do); else
+        None, after clearing an earlier preparation (``overwrite``) and writing ``prepare.json`` with ``"status":
+        "running"`` (a run that is killed from here on is resumed by running it again).
+
+    Raises:
+        FileExistsError: ``work`` holds a preparation with other arguments, or files ``prepare`` makes without a
+            ``prepare.json``, and not ``overwrite``.
+    """
+    state = read_prepare_json(work)
+    if state is not None:
+        if overwrite:
+            logger.info("overwrite: clearing the earlier preparation in %s", work)
+            _clear(work)
+        elif state.get("args") != args or state.get("version") != version:
+            raise FileExistsError(
+                f"{work} was prepared with other arguments ({_args_diff(state.get('args', {}), args)}); "
+                "pass --overwrite (overwrite=True) to prepare it again, or choose another --out"
+            )
+        elif state.get("status") == "done":
+            logger.info("%s is up to date (same arguments); nothing to do", work)
+            return state
+        else:
+            logger.info("resuming the unfinished preparation in %s", work)
+    else:
+        found = [n for n in OWNED if (work / n).exists()]
+        if found:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{work} holds {found} but no {PREPARE_JSON}; pass --overwrite to replace them, "
+                    "or choose another --out"
+                )
+            _clear(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_prepare_json(work, {"version": version, "args": args, "status": "running"})
+    _remove_tmp(work)
+    return None
+
+
 def prepare(
     data_root: str | os.PathLike,
     out: str | os.PathLike,
@@ -195,7 +258,7 @@ def prepare(
         FileNotFoundError, ValueError: bad data root (see :func:`data_prep.layout.read_layout`), bad arguments.
     """
     from data_prep.layout import read_layout  # noqa: PLC0415 - keeps `import data_prep.prepare` light
-    from data_prep.splits import _normalise_method, write_splits  # noqa: PLC0415
+    from data_prep.splits import write_splits  # noqa: PLC0415
 
     stack_indices(0, 1, stride, channels)  # validates stride and channels
     if workers < 1:
@@ -213,44 +276,11 @@ def prepare(
         "channels": int(channels),
     }
     if labels is not None:
-        args["splits"] = {
-            "n_folds": int(n_folds),
-            "seed": int(seed),
-            "method": _normalise_method(split_method),
-            "tail": int(tail),
-            "tail_before": int(tail_before),
-            "faulty_case_days": sorted(set(faulty_case_days)),
-        }
-
-    state = read_prepare_json(work)
+        args["splits"] = split_args(n_folds, seed, split_method, tail, tail_before, faulty_case_days)
+    state = start_run(work, args, PREPARE_VERSION, overwrite)
     if state is not None:
-        if overwrite:
-            logger.info("overwrite: clearing the earlier preparation in %s", work)
-            _clear(work)
-        elif state.get("args") != args or state.get("version") != PREPARE_VERSION:
-            raise FileExistsError(
-                f"{work} was prepared with other arguments ({_args_diff(state.get('args', {}), args)}); "
-                "pass --overwrite (overwrite=True) to prepare it again, or choose another --out"
-            )
-        elif state.get("status") == "done":
-            logger.info("%s is up to date (same arguments); nothing to do", work)
-            return state
-        else:
-            logger.info("resuming the unfinished preparation in %s", work)
-    else:
-        found = [n for n in OWNED if (work / n).exists()]
-        if found:
-            if not overwrite:
-                raise FileExistsError(
-                    f"{work} holds {found} but no {PREPARE_JSON}; pass --overwrite to replace them, "
-                    "or choose another --out"
-                )
-            _clear(work)
-
-    work.mkdir(parents=True, exist_ok=True)
+        return state
     base = {"version": PREPARE_VERSION, "args": args}
-    write_prepare_json(work, {**base, "status": "running"})
-    _remove_tmp(work)
 
     manifest = read_layout(root, split=split, labels=labels, strict=strict)
     has_labels = labels is not None

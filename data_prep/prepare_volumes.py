@@ -50,17 +50,14 @@ import pandas as pd
 from common.io import atomic_write_text
 from data_prep.constants import DEFAULT_CHANNELS, DEFAULT_FOLDS, DEFAULT_SEED, DEFAULT_STRIDE, DEFAULT_TAIL
 from data_prep.dataset import DatasetInfo, VolumeInfo, class_columns
-from data_prep.prepare import _args_diff, _clear, _npy_ok, _remove_tmp
+from data_prep.prepare import _npy_ok, split_args, start_run
 from data_prep.readers.base import LoadedVolume, Reader, SourceVolume
 from data_prep.volumes import stack_indices
 from data_prep.work import (
     MASKS_DIR,
-    OWNED,
-    PREPARE_JSON,
     PROGRESS_DIR,
     VOLUMES_DIR,
     progress_path,
-    read_prepare_json,
     save_mask,
     save_volume,
     volume_path,
@@ -449,7 +446,7 @@ def prepare_volumes(
         FileNotFoundError, ValueError: bad input (named by the reader or here), bad arguments.
     """
     from data_prep.readers import get_reader  # noqa: PLC0415 - the registry imports the readers lazily
-    from data_prep.splits import _normalise_method, write_splits  # noqa: PLC0415
+    from data_prep.splits import write_splits  # noqa: PLC0415
 
     stack_indices(0, 1, stride, channels)  # validates stride and channels
     if workers < 1:
@@ -485,45 +482,12 @@ def prepare_volumes(
         "channels": int(channels),
     }
     if labelled:
-        args["splits"] = {
-            "n_folds": int(n_folds),
-            "seed": int(seed),
-            "method": _normalise_method(split_method),
-            "tail": int(tail),
-            "tail_before": int(tail_before),
-            "faulty_case_days": sorted(set(faulty_case_days)),
-        }
-
-    state = read_prepare_json(work)
+        args["splits"] = split_args(n_folds, seed, split_method, tail, tail_before, faulty_case_days)
+    state = start_run(work, args, PREPARE_VOLUMES_VERSION, overwrite)
     if state is not None:
-        if overwrite:
-            logger.info("overwrite: clearing the earlier preparation in %s", work)
-            _clear(work)
-        elif state.get("args") != args or state.get("version") != PREPARE_VOLUMES_VERSION:
-            raise FileExistsError(
-                f"{work} was prepared with other arguments ({_args_diff(state.get('args', {}), args)}); "
-                "pass --overwrite (overwrite=True) to prepare it again, or choose another --out"
-            )
-        elif state.get("status") == "done":
-            shutil.rmtree(work / PROGRESS_DIR, ignore_errors=True)
-            logger.info("%s is up to date (same arguments); nothing to do", work)
-            return state
-        else:
-            logger.info("resuming the unfinished preparation in %s", work)
-    else:
-        found = [n for n in OWNED if (work / n).exists()]
-        if found:
-            if not overwrite:
-                raise FileExistsError(
-                    f"{work} holds {found} but no {PREPARE_JSON}; pass --overwrite to replace them, "
-                    "or choose another --out"
-                )
-            _clear(work)
-
-    work.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(work / PROGRESS_DIR, ignore_errors=True)
+        return state
     base = {"version": PREPARE_VOLUMES_VERSION, "args": args}
-    write_prepare_json(work, {**base, "status": "running"})
-    _remove_tmp(work)
     for p in (work / PROGRESS_DIR).glob(".*.tmp") if (work / PROGRESS_DIR).is_dir() else ():
         p.unlink(missing_ok=True)
 

@@ -211,18 +211,7 @@ def stored_meta(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     Raises:
         FileNotFoundError: no such file. ValueError: not readable with ``weights_only=True`` (the file is named).
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(
-            f"cannot load {path} with weights_only=True ({type(e).__name__}: {e}); only trusted files may be "
-            "unpickled, and model weights never need it"
-        ) from e
-    meta = raw.get("meta") if isinstance(raw, dict) else None
-    stored = meta.get(META_KEY) if isinstance(meta, dict) else None
+    stored = checkpoint_meta(checkpoint).get(META_KEY)
     return stored if isinstance(stored, dict) and "model" in stored else None
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -134,3 +135,51 @@ def test_quickstart_runs_as_written_on_a_generated_tree(tmp_path: Path) -> None:
     assert [m.name for m in tuned.models] == ["detector", "classifier", "unet", "upernet", "seg3d"]
     assert all(ck.is_file() for m in tuned.models for ck in m.checkpoints)
     assert any(p.name.endswith("_montage.png") for p in (runs / "pictures").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_any_dataset_example_runs_as_written(tmp_path: Path) -> None:
+    """The nnU-Net-format example: NIfTI predictions on each test image's grid, and its score file."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        DATA=str(data),
+        WORK=str(tmp_path / "work"),
+        RUNS=str(runs),
+        DEVICE="cpu",
+        ITERS="4",
+        OMP_NUM_THREADS="1",
+    )
+    subprocess.run(
+        [sys.executable, "-m", "data_prep", "synth-nnunet", "--out", str(data), "--cases", "5", "--test-cases", "2"]
+        + ["--shape", "16,64,64", "--regions"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    r = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_block("any_dataset")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-6000:]
+    import SimpleITK as sitk  # noqa: PLC0415
+
+    for case in ("synth_005", "synth_006"):
+        image = sitk.ReadImage(str(data / "imagesTs" / f"{case}_0000.nii.gz"))
+        pred = sitk.ReadImage(str(runs / "pred" / f"{case}.nii.gz"))
+        assert (pred.GetSize(), pred.GetSpacing(), pred.GetOrigin(), pred.GetDirection()) == (
+            image.GetSize(),
+            image.GetSpacing(),
+            image.GetOrigin(),
+            image.GetDirection(),
+        )
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2, 3, 4}
+    score = yaml.safe_load((runs / "score.json").read_text())
+    assert 0.0 <= score["score"] <= 1.0
+    assert [row["case_day"] for row in score["dsc_3d"]] == ["synth_005", "synth_006"]
