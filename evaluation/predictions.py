@@ -32,7 +32,8 @@ from data_prep.dataset import DatasetInfo
 
 PREDICTIONS_JSON = "predictions.json"
 INDEX_VERSION = 1
-#: Stand-ins for format modules by format name, looked up before ``data_prep.readers.{format}`` (tests).
+#: Format modules registered by name (any object with ``write_prediction`` and ``read_prediction``), looked up
+#: before ``data_prep.readers.{format}``: a format of your own plugs in here without editing ``data_prep``.
 PREDICTION_FORMATS: dict[str, Any] = {}
 
 
