@@ -364,12 +364,8 @@ def check_ours(raw: Path, work: Path) -> dict:
 def run_floor(raw: Path, cache: Path, workers: int, copy: bool = False) -> dict:
     out = cache / "floor_out"
     shutil.rmtree(out, ignore_errors=True)
-    code = (
-        f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from bench_prepare_nnunet import io_floor\n"
-        f"print(json.dumps(io_floor({str(raw)!r}, {str(out)!r}, {workers}, copy={copy})))\n"
-    )
-    res = measure([sys.executable, "-c", code], dict(os.environ), log=cache / "floor.log")
+    cmd = [sys.executable, __file__, "--io-floor", str(raw), str(out), "--workers", str(workers)]
+    res = measure(cmd + (["--copy"] if copy else []), dict(os.environ), log=cache / "floor.log")
     res["output_bytes"] = tree_bytes(out)[0]
     how = "sitk.GetArrayFromImage (a copy)" if copy else "sitk.GetArrayViewFromImage (no copy)"
     res["what"] = f"SimpleITK read of every image + label, {how}, np.save of the arrays"
@@ -443,7 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the WORK and nnUNet_preprocessed folders")
     ap.add_argument("--setup-only", action="store_true", help="generate the dataset and stop")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "prepare_nnunet.json")
+    ap.add_argument("--io-floor", nargs=2, type=Path, metavar=("RAW", "OUT"), help=argparse.SUPPRESS)  # a child run
+    ap.add_argument("--copy", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.io_floor is not None:  # the floor's own process (run_floor), so that its memory is measured alone
+        print(json.dumps(io_floor(str(a.io_floor[0]), str(a.io_floor[1]), a.workers, copy=a.copy)))
+        return 0
     sides = [s.strip() for s in a.sides.split(",") if s.strip()]
     unknown = sorted(set(sides) - set(SIDES))
     if unknown:
