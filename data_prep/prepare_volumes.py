@@ -44,6 +44,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -204,7 +205,18 @@ def convert_labels(label: np.ndarray, info: DatasetInfo, where: str = "label") -
             if v <= hi:
                 member[v, c] = 1
                 lut[v] = c + 1 if info.label_kind == "exclusive" else lut[v] | (dt.type(1) << dt.type(c))
-    return np.take(lut, label), counts.astype(np.int64) @ member
+    return _lookup(lut, label), counts.astype(np.int64) @ member
+
+
+def _lookup(lut: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """``lut[label]``: OpenCV's table lookup for uint8 labels and masks (10x numpy's, which widens every index to
+    int64), else ``np.take``."""
+    if label.dtype == np.uint8 and lut.dtype == np.uint8 and label.ndim == 3 and label.size:
+        table = np.zeros(256, np.uint8)
+        table[: len(lut)] = lut
+        flat = np.ascontiguousarray(label).reshape(-1, label.shape[-1])
+        return cv2.LUT(flat, table).reshape(label.shape)
+    return np.take(lut, label)
 
 
 # ------------------------------------------------------------------------------------------------------ one volume
