@@ -348,18 +348,7 @@ def prepare(
     write_dataset(work, _kaggle_dataset(table, root / split))
 
     if has_labels:
-        s = args["splits"]
-        write_splits(
-            work,
-            table,
-            n_folds=s["n_folds"],
-            seed=s["seed"],
-            method=s["method"],
-            tail=s["tail"],
-            tail_before=s["tail_before"],
-            faulty_case_days=s["faulty_case_days"],
-            overwrite=overwrite,
-        )
+        write_splits(work, table, **args["splits"], overwrite=overwrite)  # the options split_args recorded
     state = {
         **base,
         "status": "done",

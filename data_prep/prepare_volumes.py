@@ -530,18 +530,7 @@ def prepare_volumes(
     write_manifest(work, table)
     write_dataset(work, info.with_volumes(volumes))
     if labelled:
-        sp = args["splits"]
-        write_splits(
-            work,
-            table,
-            n_folds=sp["n_folds"],
-            seed=sp["seed"],
-            method=sp["method"],
-            tail=sp["tail"],
-            tail_before=sp["tail_before"],
-            faulty_case_days=sp["faulty_case_days"],
-            overwrite=overwrite,
-        )
+        write_splits(work, table, **args["splits"], overwrite=overwrite)  # the options split_args recorded
     state = {
         **base,
         "status": "done",
