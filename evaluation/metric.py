@@ -592,3 +592,12 @@ def dsc_3d_table(
         names = class_names(classes, r.counts.shape[1], "dsc_3d_table")
         rows.append({"case_day": r.case_day, **{f"dsc_{n}": float(v) for n, v in zip(names, dsc_3d(r.counts, empty))}})
     return pd.DataFrame(rows)
+
+
+def channel_classes(classes: Sequence[str] | None, dataset_meta: Mapping | None) -> tuple[str, ...]:
+    """The class names of a metric's channels: ``classes`` when given, else the dataset's (``dataset_meta``'s
+    ``classes``, as mmengine gives evaluators), else the Kaggle layout's."""
+    if classes:
+        return tuple(classes)
+    meta = dataset_meta or {}
+    return tuple(meta["classes"]) if meta.get("classes") else KAGGLE.classes

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 import yaml
 
 from data_prep.constants import CLASSES
@@ -36,6 +37,27 @@ def readme_block(name: str) -> str:
     m = re.search(rf"<!-- {name} -->\s*```bash\n(.*?)```\s*<!-- /{name} -->", text, flags=re.S)
     assert m, f"README.md has no ```bash block between <!-- {name} --> and <!-- /{name} -->"
     return m.group(1)
+
+
+def run_block(name: str, timeout: int, **variables: str) -> subprocess.CompletedProcess:
+    """Run the README block ``name`` with bash (``-euo pipefail``) and its variables set; asserts it succeeds."""
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+        **variables,
+    )
+    env.pop("GITRACT_WORK", None)
+    r = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_block(name)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-6000:]
+    return r
 
 
 def test_shipped_specs_load() -> None:
@@ -92,9 +114,9 @@ def test_quickstart_runs_as_written_on_a_generated_tree(tmp_path: Path) -> None:
     synth += ["--slices", "10", "--sizes", "64x64", "--seed", "2"]
     subprocess.run(synth, cwd=REPO, check=True, capture_output=True, timeout=300)
     runs = tmp_path / "runs"
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    r = run_block(
+        "quickstart",
+        1500,
         DATA=str(data),
         WORK=str(tmp_path / "work"),
         RUNS=str(runs),
@@ -103,20 +125,9 @@ def test_quickstart_runs_as_written_on_a_generated_tree(tmp_path: Path) -> None:
         TRAIN_OPTS="--device cpu --cfg-options train_cfg.max_iters=4 train_cfg.val_interval=4 "
         "default_hooks.checkpoint.interval=4",
         YOLO_OPTS="--imgsz 64 --epochs 1 --batch 8 --workers 0 --device cpu",
-        OMP_NUM_THREADS="1",
         YOLO_OFFLINE="1",
         **TINY,
     )
-    env.pop("GITRACT_WORK", None)
-    r = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", readme_block("quickstart")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-6000:]
 
     # the submission: three rows per test slice, valid RLE
     test = read_layout(data, "test", check_images=False)
@@ -141,16 +152,6 @@ def test_quickstart_runs_as_written_on_a_generated_tree(tmp_path: Path) -> None:
 def test_any_dataset_example_runs_as_written(tmp_path: Path) -> None:
     """The nnU-Net-format example: NIfTI predictions on each test image's grid, and its score file."""
     data, runs = tmp_path / "data", tmp_path / "runs"
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        DATA=str(data),
-        WORK=str(tmp_path / "work"),
-        RUNS=str(runs),
-        DEVICE="cpu",
-        ITERS="4",
-        OMP_NUM_THREADS="1",
-    )
     subprocess.run(
         [sys.executable, "-m", "data_prep", "synth-nnunet", "--out", str(data), "--cases", "5", "--test-cases", "2"]
         + ["--shape", "16,64,64", "--regions"],
@@ -159,16 +160,7 @@ def test_any_dataset_example_runs_as_written(tmp_path: Path) -> None:
         capture_output=True,
         timeout=300,
     )
-    r = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", readme_block("any_dataset")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-6000:]
-    import SimpleITK as sitk  # noqa: PLC0415
+    run_block("any_dataset", 1200, DATA=str(data), WORK=str(tmp_path / "work"), RUNS=str(runs), DEVICE="cpu", ITERS="4")
 
     for case in ("synth_005", "synth_006"):
         image = sitk.ReadImage(str(data / "imagesTs" / f"{case}_0000.nii.gz"))

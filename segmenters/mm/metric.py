@@ -24,8 +24,7 @@ import numpy as np
 from mmengine.evaluator import BaseMetric
 from mmseg.registry import METRICS
 
-from data_prep.dataset import KAGGLE
-from evaluation.metric import score_volumes, slice_dice_table
+from evaluation.metric import channel_classes, score_volumes, slice_dice_table
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +70,7 @@ class GIMultiLabelMetric(BaseMetric):
     @property
     def classes(self) -> tuple[str, ...]:
         """The class names of the channels: the ``classes`` argument, else the dataset's, else the Kaggle ones."""
-        if self._classes:
-            return self._classes
-        meta = self.dataset_meta or {}
-        return tuple(meta["classes"]) if meta.get("classes") else KAGGLE.classes
+        return channel_classes(self._classes, self.dataset_meta)
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for s in data_samples:

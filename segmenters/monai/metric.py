@@ -21,8 +21,8 @@ import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.registry import METRICS
 
-from data_prep.dataset import KAGGLE, unpack_masks
-from evaluation.metric import CaseDayScore, case_day_metrics, score_case_day
+from data_prep.dataset import unpack_masks
+from evaluation.metric import CaseDayScore, case_day_metrics, channel_classes, score_case_day
 
 
 @METRICS.register_module()
@@ -64,10 +64,7 @@ class CaseDay3DMetric(BaseMetric):
     @property
     def classes(self) -> tuple[str, ...]:
         """The class names of the channels: the ``classes`` argument, else the dataset's, else the Kaggle ones."""
-        if self._classes:
-            return self._classes
-        meta = self.dataset_meta or {}
-        return tuple(meta["classes"]) if meta.get("classes") else KAGGLE.classes
+        return channel_classes(self._classes, self.dataset_meta)
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for s in data_samples:
