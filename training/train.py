@@ -11,6 +11,7 @@ happens before the first fold trains.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 DONE_FILE = "done.json"
 DEVICES = ("cpu", "cuda")
+
+
+#: Runs started by this process (:func:`train_one` names each mmengine experiment with it).
+_RUNS = itertools.count()
 
 
 def default_work_dir(config: str | os.PathLike, fold: int) -> Path:
@@ -208,6 +213,11 @@ def train_one(cfg: Any) -> Path:
     t0 = time.time()
     runner = None
     try:
+        if not cfg.get("experiment_name"):
+            # mmengine names its logger and visualizer instances `{config}_{timestamp to the second}`: two runs of one
+            # config started in the same second in one process (folds, tests) would share them and write into the
+            # first run's folder. A counter keeps every run of this process apart and is the same on every rank.
+            cfg.experiment_name = f"{config_name(cfg.filename or 'config')}_fold{cfg.fold}_run{next(_RUNS)}"
         runner = GIRunner.from_cfg(cfg)
         runner.train()
     except (FileNotFoundError, ValueError) as e:
