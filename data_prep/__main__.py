@@ -1,4 +1,4 @@
-"""Command line of the data stage: ``python -m data_prep {synth,prepare,splits,export} ...``.
+"""Command line of the data stage: ``python -m data_prep {synth,prepare,splits,export,plan} ...``.
 
 Examples::
 
@@ -10,6 +10,7 @@ Examples::
     python -m data_prep splits --work work --seed 42            # no-op when prepare made them already
     python -m data_prep export classifier --work work
     python -m data_prep export yolo --work work --fold 0
+    python -m data_prep plan --work work --gpu-memory 24       # fingerprint + configs in mmcfg/generated/{dataset}/
 
 The WORK folder comes from ``--out`` / ``--work``, else ``$GITRACT_WORK``, else ``work/`` under the repository.
 """
@@ -222,14 +223,34 @@ def _cmd_export(a: argparse.Namespace) -> None:
         print(p)
 
 
+def _cmd_plan(a: argparse.Namespace) -> None:
+    from data_prep.plan import run_plan  # noqa: PLC0415
+
+    work = _work(a.work)
+    plan = run_plan(
+        work,
+        out=a.out,
+        gpu_memory_gb=a.gpu_memory,
+        models=a.models,
+        workers=a.workers,
+        overwrite=a.overwrite,
+        progress=True,
+    )
+    log = logging.getLogger("data_prep")
+    for name, d in plan["decisions"].items():
+        log.info("%s = %s: %s", name, d["value"], d["why"])
+    for path in plan["files"]:
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m data_prep`` argument parser (sub-commands synth, prepare, splits, export)."""
+    """The ``python -m data_prep`` argument parser (sub-commands synth, prepare, splits, export, plan)."""
     parser = argparse.ArgumentParser(
         prog="python -m data_prep",
         description="The data stage: synthetic data, WORK preparation, cross-validation splits, exports.",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{synth,prepare,splits,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{synth,prepare,splits,export,plan}")
 
     from data_prep import synth  # noqa: PLC0415
 
@@ -288,6 +309,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="boxes: processes (default %(default)s)")
     p.add_argument("--z-spacing", type=float, default=3.0, help="3d: slice thickness in mm (default %(default)s)")
     p.set_defaults(func=_cmd_export)
+
+    from data_prep.plan import DEFAULT_GPU_MEMORY_GB, FIRST_PLACE_MODELS  # noqa: PLC0415
+
+    p = sub.add_parser(
+        "plan",
+        help="fingerprint a prepared WORK and write the configs for it (WORK/plan/, mmcfg/generated/{dataset}/)",
+        description="Fingerprint the WORK (WORK/plan/fingerprint.json, .md), decide every setting from it "
+        "(WORK/plan/plan.json, .md: value and why) and write one config per model that inherits its shipped base, "
+        "an ensemble spec and the commands (docs/plan.md).",
+    )
+    p.add_argument("--work", default=None, help=f"WORK folder (default ${WORK_ENV}, else work/)")
+    p.add_argument(
+        "--out", default=None, help="folder of the generated configs (default mmcfg/generated/{dataset name})"
+    )
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=DEFAULT_GPU_MEMORY_GB,
+        metavar="GB",
+        help="memory of one training GPU; batch sizes and 3D patches fit it (default %(default)s)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="CONFIG",
+        help="base configs to plan for (default: the 1st place's set: " + ", ".join(FIRST_PLACE_MODELS) + ")",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes for the fingerprint (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier plan and its generated configs")
+    p.set_defaults(func=_cmd_plan)
     return parser
 
 

@@ -35,9 +35,12 @@ SPLITS_DIR = "splits"
 EXPORTS_DIR = "exports"
 #: Per-volume records of an unfinished ``prepare`` of a volume format (removed when it is done).
 PROGRESS_DIR = ".progress"
+#: The planner's fingerprint and plan (``python -m data_prep plan``); stale once the data changes.
+PLAN_DIR = "plan"
 #: What ``prepare`` makes in WORK (cleared by its ``overwrite``); nothing else there is touched.
 OWNED: tuple[str, ...] = (
-    PREPARE_JSON, DATASET_JSON, MANIFEST_CSV, VOLUMES_DIR, MASKS_DIR, SPLITS_DIR, EXPORTS_DIR, PROGRESS_DIR
+    PREPARE_JSON, DATASET_JSON, MANIFEST_CSV, VOLUMES_DIR, MASKS_DIR, SPLITS_DIR, EXPORTS_DIR, PROGRESS_DIR,
+    PLAN_DIR,
 )  # fmt: skip
 #: The command that makes a WORK folder, named in every "not prepared" error.
 PREPARE_HINT = "python -m data_prep prepare --data-root DATA_ROOT --out {work}"
@@ -49,6 +52,11 @@ def prepare_hint(work: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------- paths
+
+
+def plan_dir(work: str | os.PathLike) -> Path:
+    """``WORK/plan/``: the planner's fingerprint and plan."""
+    return Path(work) / PLAN_DIR
 
 
 def volume_path(work: str | os.PathLike, case_day: str, channel: int = 0) -> Path:

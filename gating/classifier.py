@@ -3,7 +3,10 @@ inference.
 
 Input of slice ``z``: the slices ``data_prep.volumes.stack_indices(z, D, stride, channels)`` of each image channel
 of the uint16 volume (``K`` channels of ``WORK/dataset.json``, modality-major: channel 0's stack, then channel
-1's), each stack divided by its own maximum (the 1st place's normalisation), resized to ``img_size`` (bilinear).
+1's), each stack divided by its own maximum (the 1st place's normalisation; ``norm="max"``) or, for CT, the
+planner's scheme ``norm=dict(mode="ct", clip=(lo, hi), mean=m, std=s)`` (``python -m data_prep plan``:
+``(clip(x, lo, hi) - m) / s`` in stored units, :func:`data_prep.plan.ct_params`), resized to ``img_size``
+(bilinear). The ``norm`` is the config's dataset ``norm`` (:func:`input_norm`) and is stored in every checkpoint.
 Output: ``C`` logits, one per class of the dataset it was trained on (:attr:`SliceClassifier.classes`, recorded in
 the checkpoint); presence probability = sigmoid.
 
@@ -37,6 +40,7 @@ from mmengine.config import Config
 
 from common.io import atomic_write_bytes
 from data_prep.dataset import KAGGLE
+from data_prep.plan import CT_MODE, ct_normalise, ct_params
 from data_prep.volumes import stack_indices
 from data_prep.work import load_volume, read_dataset, read_manifest
 from training.checks import (
@@ -62,7 +66,9 @@ __all__ = [
     "SliceClassifier",
     "build_classifier",
     "check_ids",
+    "check_cls_norm",
     "input_definition",
+    "input_norm",
     "run_meta",
     "stored_meta",
     "predict_work",
@@ -114,32 +120,71 @@ def build_classifier(
 # --------------------------------------------------------------------------------------------------- inputs
 
 
+#: The classifier's normalisations: ``"max"`` (each stack by its own max) or the CT scheme (a dict).
+CLS_NORM_MODES: tuple[str, ...] = ("max", CT_MODE)
+
+
+def check_cls_norm(norm: Any, where: str = "the classifier's norm") -> str | dict[str, Any]:
+    """A checked classifier normalisation as plain data: ``"max"`` or ``dict(mode="ct", clip, mean, std)``.
+
+    Raises:
+        ValueError: anything else (``where`` names the setting).
+
+    >>> check_cls_norm("max"), check_cls_norm({"mode": "max"})
+    ('max', 'max')
+    """
+    if hasattr(norm, "to_dict"):
+        norm = norm.to_dict()
+    if isinstance(norm, dict):
+        if norm.get("mode") == CT_MODE:
+            plain = {str(k): (list(v) if isinstance(v, tuple) else v) for k, v in norm.items()}
+            ct_params(plain, 0, where)
+            return plain
+        norm = norm.get("mode")
+    if norm != "max":
+        raise ValueError(f"{where} must be 'max' or dict(mode='ct', clip=(lo, hi), mean=m, std=s), got {norm!r}")
+    return "max"
+
+
+def _ct(norm: Any, channel: int) -> tuple[float, float, float, float] | None:
+    return ct_params(norm, channel, "the classifier's norm") if isinstance(norm, dict) else None
+
+
 def stack_image(
     volume: np.ndarray | Sequence[np.ndarray],
     z: int,
     channels: int = 3,
     stride: int = 2,
     img_size: tuple[int, int] | None = None,
+    norm: str | dict[str, Any] = "max",
+    channel: int = 0,
 ) -> np.ndarray:
-    """The classifier input of slice ``z``: the 2.5D stack divided by its own max, resized.
+    """The classifier input of slice ``z``: the 2.5D stack divided by its own max (or normalised by the CT scheme),
+    resized.
 
     Args:
         volume: ``uint16 (D, H, W)``, or a list of ``K`` image channels ``(D, H, W)``: their stacks are
-            concatenated, each divided by its own max.
+            concatenated, each normalised on its own.
         z: slice index.
         channels, stride: see :func:`data_prep.volumes.stack_indices`.
         img_size: ``(h, w)`` output size, None keeps ``(H, W)``.
+        norm: ``"max"`` or ``dict(mode="ct", clip=(lo, hi), mean=m, std=s)`` (:func:`check_cls_norm`).
+        channel: the image channel ``volume`` is (per-channel CT values); a list numbers its channels itself.
 
     Returns:
-        ``float32 (channels x K, h, w)`` in ``[0, 1]`` (all zeros for an all-zero stack).
+        ``float32 (channels x K, h, w)``: in ``[0, 1]`` for ``"max"`` (all zeros for an all-zero stack).
     """
     if isinstance(volume, (list, tuple)):
-        parts = [stack_image(v, z, channels, stride, img_size) for v in volume]
+        parts = [stack_image(v, z, channels, stride, img_size, norm, k) for k, v in enumerate(volume)]
         return parts[0] if len(parts) == 1 else np.ascontiguousarray(np.concatenate(parts))
     x = np.asarray(volume[stack_indices(z, volume.shape[0], stride, channels)], dtype=np.float32)
-    peak = float(x.max())
-    if peak > 0:
-        x /= peak
+    ct = _ct(norm, channel)
+    if ct is not None:
+        x = ct_normalise(x, *ct)
+    else:
+        peak = float(x.max())
+        if peak > 0:
+            x /= peak
     if img_size is not None and tuple(img_size) != x.shape[1:]:
         x = cv2.resize(x.transpose(1, 2, 0), (img_size[1], img_size[0]), interpolation=cv2.INTER_LINEAR)
         x = x.reshape(img_size[0], img_size[1], channels).transpose(2, 0, 1)
@@ -147,21 +192,30 @@ def stack_image(
 
 
 def preprocess_volume(
-    volume: np.ndarray, channels: int = 3, stride: int = 2, img_size: tuple[int, int] | None = None
+    volume: np.ndarray,
+    channels: int = 3,
+    stride: int = 2,
+    img_size: tuple[int, int] | None = None,
+    norm: str | dict[str, Any] = "max",
+    channel: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resize a whole volume once and give the per-stack maxima, for fast inference.
 
-    ``resized[stack_indices(z)] / maxima[z]`` equals :func:`stack_image` (resizing is linear).
+    ``resized[stack_indices(z)] / maxima[z]`` equals :func:`stack_image` (resizing is linear). Under the CT scheme
+    the volume is normalised voxel by voxel before resizing (as :func:`stack_image` does) and the maxima are 1.
 
     Returns:
         ``(float32 (D, h, w), float32 (D,))``: the resized volume and each slice's stack maximum (1 when 0).
     """
-    vol = np.asarray(volume)
+    ct = _ct(norm, channel)
+    vol = ct_normalise(volume, *ct) if ct is not None else np.asarray(volume)
     d = vol.shape[0]
     slice_max = vol.reshape(d, -1).max(axis=1).astype(np.float32)
     idx = np.stack([stack_indices(z, d, stride, channels) for z in range(d)]) if d else np.zeros((0, channels), int)
     stack_max = slice_max[idx].max(axis=1) if d else np.zeros(0, np.float32)
     stack_max[stack_max <= 0] = 1.0
+    if ct is not None:
+        stack_max[:] = 1.0
     f = vol.astype(np.float32)
     if img_size is not None and tuple(img_size) != f.shape[1:]:
         out = np.empty((d, img_size[0], img_size[1]), np.float32)
@@ -188,17 +242,19 @@ def _summary(cfg: Any) -> dict[str, Any]:
 def run_meta(cfg: Any) -> dict[str, Any]:
     """The model and input definition of a classifier config as plain data, for ``checkpoint["meta"][META_KEY]``
     (written by ``gating.mm.ClsInputMetaHook``): ``{"model": model config dict, "channels", "stride", "img_size",
-    "classes", "label_kind", "image_channels"}`` (``channels``: the stack depth per image channel;
+    "norm", "classes", "label_kind", "image_channels"}`` (``channels``: the stack depth per image channel;
     ``image_channels``: the dataset's image channels). A config is Python, and one stored in a checkpoint is never
     executed: this is what :meth:`SliceClassifier.load` rebuilds the model from when no config is given
     (``training.config.build_model`` drops ``pretrained``: the weights come from the checkpoint)."""
-    channels, stride, img_size = input_definition(cfg, str(cfg.get("filename") or "the run's config"))
+    source = str(cfg.get("filename") or "the run's config")
+    channels, stride, img_size = input_definition(cfg, source)
     summary = _summary(cfg)
     return {
         "model": cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model),
         "channels": channels,
         "stride": stride,
         "img_size": list(img_size),
+        "norm": input_norm(cfg, source),
         "classes": list(summary["classes"]),
         "label_kind": summary["label_kind"],
         "image_channels": list(summary["channels"]),
@@ -260,6 +316,21 @@ def input_definition(cfg: Any, source: str) -> tuple[int, int, tuple[int, int]]:
     raise ValueError(f"{source} has no dataset with channels, stride and img_size (test_dataloader.dataset)")
 
 
+def input_norm(cfg: Any, source: str = "the config") -> str | dict[str, Any]:
+    """The input normalisation of a slice classifier config: its test (else val, else train) dataset's ``norm``,
+    ``"max"`` when the dataset has none (:func:`check_cls_norm`).
+
+    Raises:
+        ValueError: an invalid ``norm`` (``source`` names the config).
+    """
+    for key in ("test_dataloader", "val_dataloader", "train_dataloader"):
+        loader = cfg.get(key)
+        ds = loader.get("dataset") if loader else None
+        if ds and "norm" in ds:
+            return check_cls_norm(ds["norm"], f"{source}: {key}.dataset.norm")
+    return "max"
+
+
 @dataclass
 class SliceClassifier:
     """A trained slice classifier ready for inference.
@@ -269,6 +340,7 @@ class SliceClassifier:
             float ``(N, C)`` of inputs float32 ``(N, channels x K, h, w)``.
         device: torch device.
         channels, stride, img_size: the input definition it was trained with (``channels`` slices per image channel).
+        norm: its input normalisation (``"max"`` or the CT scheme, :func:`check_cls_norm`).
         classes: the class names of the ``C`` outputs, in order.
         label_kind: ``"overlapping"`` or ``"exclusive"``.
         image_channels: the names of the ``K`` image channels it reads.
@@ -282,6 +354,7 @@ class SliceClassifier:
     classes: tuple[str, ...] = KAGGLE.classes
     label_kind: str = KAGGLE.label_kind
     image_channels: tuple[str, ...] = KAGGLE.channels
+    norm: str | dict[str, Any] = "max"
 
     @property
     def dataset_info(self) -> dict[str, Any]:
@@ -340,6 +413,7 @@ class SliceClassifier:
             cfg = Config({"model": stored["model"], "dataset_info": predicts or dataset_summary(KAGGLE)})
             channels, stride = int(stored["channels"]), int(stored["stride"])
             img_size = (int(stored["img_size"][0]), int(stored["img_size"][1]))
+            norm = check_cls_norm(stored.get("norm", "max"), f"{checkpoint} meta['{META_KEY}']['norm']")
         else:
             source = str(config.filename or "the given config") if hasattr(config, "model") else str(config)
             cfg = config_for_checkpoint(config, checkpoint)
@@ -354,6 +428,11 @@ class SliceClassifier:
                     (channels, stride, img_size),
                 )
                 channels, stride, img_size = trained
+            norm = input_norm(cfg, source)
+            if stored is not None and "norm" in stored and check_cls_norm(stored["norm"]) != norm:
+                logger.warning("%s was trained with norm %s but %s says %s: using the trained one", checkpoint,
+                               stored["norm"], source, norm)  # fmt: skip
+                norm = check_cls_norm(stored["norm"])
         summary = _summary(cfg)
         classes = model_classes(cfg) if config is not None else tuple(summary["classes"])
         if predicts is not None and list(classes) != list(predicts["classes"]):
@@ -365,7 +444,15 @@ class SliceClassifier:
         dev = torch.device(device)
         model.to(dev).eval()
         clf = cls(
-            model, dev, channels, stride, img_size, tuple(classes), summary["label_kind"], tuple(summary["channels"])
+            model,
+            dev,
+            channels,
+            stride,
+            img_size,
+            tuple(classes),
+            summary["label_kind"],
+            tuple(summary["channels"]),
+            norm,
         )
         if work is not None:
             info = read_dataset(work)
@@ -393,7 +480,10 @@ class SliceClassifier:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         d = parts[0].shape[0]
-        pre = [preprocess_volume(np.asarray(v), self.channels, self.stride, self.img_size) for v in parts]
+        pre = [
+            preprocess_volume(np.asarray(v), self.channels, self.stride, self.img_size, self.norm, k)
+            for k, v in enumerate(parts)
+        ]
         idx = np.stack([stack_indices(z, d, self.stride, self.channels) for z in range(d)]) if d else None
         out = np.zeros((d, len(self.classes)), np.float32)
         amp = self.device.type == "cuda"

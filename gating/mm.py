@@ -71,6 +71,7 @@ from gating.classifier import (
     META_KEY,
     SliceClassifier,
     build_classifier,
+    check_cls_norm,
     check_ids,
     predict_work,
     run_meta,
@@ -168,6 +169,8 @@ class SliceStackDataset(BaseDataset):
         variant: training side filter (``all``, ``notail``, ``noanno``); the classifier trains on ``all``.
         channels, stride: the 2.5D stack of each image channel (``data_prep.volumes.stack_indices``).
         img_size: ``(h, w)`` of the network input (bilinear resize).
+        norm: ``"max"`` (each stack by its own max) or the planner's CT scheme ``dict(mode="ct", clip=(lo, hi),
+            mean=m, std=s)`` (:func:`gating.classifier.check_cls_norm`; the ``stack`` shortcut copies ``stack.norm``).
         aug: augmentation settings (keys of :data:`AUG_KEYS`), applied unless ``test_mode``; None = none. Each
             draw takes a generator seeded from numpy's global RNG, which mmengine seeds per process and worker
             (``randomness.seed``).
@@ -189,6 +192,7 @@ class SliceStackDataset(BaseDataset):
         channels: int = 3,
         stride: int = 2,
         img_size: Sequence[int] = (256, 256),
+        norm: Any = "max",
         aug: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -209,6 +213,7 @@ class SliceStackDataset(BaseDataset):
         self.variant = variant
         self.channels, self.stride = int(channels), int(stride)
         self.img_size = (int(img_size[0]), int(img_size[1]))
+        self.norm = check_cls_norm(norm, "SliceStackDataset norm")
         self.aug = _check_aug(aug)
         self.dataset = read_dataset(self.work)
         self._volumes: dict[str, list[np.ndarray]] = {}
@@ -261,7 +266,7 @@ class SliceStackDataset(BaseDataset):
     def prepare_data(self, idx: int) -> dict[str, Any]:
         """The sample of slice ``idx``: ``dict(inputs, data_samples)`` (see the class docstring)."""
         info = self.get_data_info(idx)
-        x = stack_image(self._volume(info["case_day"]), info["z"], self.channels, self.stride, self.img_size)
+        x = stack_image(self._volume(info["case_day"]), info["z"], self.channels, self.stride, self.img_size, self.norm)
         if self.aug and not self.test_mode:
             x = augment(x, np.random.default_rng(np.random.randint(0, 2**31 - 1)), self.aug)
         sample = BaseDataElement(metainfo=dict(id=info["id"], case_day=info["case_day"], z=info["z"]))

@@ -48,7 +48,7 @@ from data_prep.work import (
     select_ids,
 )
 from gating.crop import crop, read_boxes
-from segmenters.mm.stacks import NORM_MODES, read_stack, resize_image
+from segmenters.mm.stacks import Norm, check_norm, norm_mode, read_stack, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +143,14 @@ class LoadGIStack(BaseTransform):
     Args:
         stride: step between stacked slices (1st place: 2).
         channels: stacked slices per image channel, odd (3 or 5).
-        norm: normalisation mode (``segmenters.stacks.NORM_MODES``; default ``max``: divide by the stack's max).
+        norm: normalisation: a mode of ``segmenters.mm.stacks.NORM_MODES`` (default ``max``: divide by the stack's
+            max) or a dict such as the planner's CT scheme ``dict(mode="ct", clip=(lo, hi), mean=m, std=s)``
+            (:func:`segmenters.mm.stacks.normalise_stack`).
         with_mask: also load the mask.
     """
 
-    def __init__(self, stride: int = 2, channels: int = 3, norm: str = "max", with_mask: bool = True) -> None:
-        if norm not in NORM_MODES:
-            raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
+    def __init__(self, stride: int = 2, channels: int = 3, norm: Norm = "max", with_mask: bool = True) -> None:
+        norm = check_norm(norm, where="LoadGIStack norm")
         self.stride, self.channels, self.norm, self.with_mask = int(stride), int(channels), norm, with_mask
         self._vmax: dict[tuple[str, str, int], float] = {}
         self._info: dict[str, DatasetInfo] = {}
@@ -166,12 +167,12 @@ class LoadGIStack(BaseTransform):
         for k in range(info.num_channels):
             vol = load_volume(work, cd, channel=k)
             vmax = None
-            if self.norm == "volume_max":
+            if norm_mode(self.norm) == "volume_max":
                 key = (work, cd, k)
                 if key not in self._vmax:
                     self._vmax[key] = float(vol.max())
                 vmax = self._vmax[key]
-            stacks.append(read_stack(vol, z, self.stride, self.channels, self.norm, vmax))
+            stacks.append(read_stack(vol, z, self.stride, self.channels, self.norm, vmax, channel=k))
         img = stacks[0] if len(stacks) == 1 else np.concatenate(stacks, axis=2)
         results["img"] = img
         if self.with_mask:

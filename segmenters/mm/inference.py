@@ -22,7 +22,7 @@ import segmenters.mm  # noqa: F401  (the mmcv-lite shim and the registered modul
 from data_prep.volumes import stack_indices
 from data_prep.work import read_dataset
 from gating.crop import crop_resize, full_box, paste_resize
-from segmenters.mm.stacks import normalise_stack
+from segmenters.mm.stacks import check_norm, norm_mode, normalise_stack
 from training.checks import check_dataset_matches, load_checked_weights, volume_channels
 from training.config import build_model, config_for_checkpoint, model_classes
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def _pipeline_params(cfg: Any) -> dict[str, Any]:
-    """``stride, channels, norm, img_size`` of the config's test pipeline."""
+    """``stride, channels, norm, img_size`` of the config's test pipeline (``norm`` checked, as plain data)."""
     pipeline = cfg.test_dataloader.dataset.pipeline
     load = next((t for t in pipeline if t["type"] == "LoadGIStack"), None)
     resize = next((t for t in pipeline if t["type"] == "GIResize"), None)
@@ -39,7 +39,7 @@ def _pipeline_params(cfg: Any) -> dict[str, Any]:
     return dict(
         stride=int(load.get("stride", 2)),
         channels=int(load.get("channels", 3)),
-        norm=str(load.get("norm", "max")),
+        norm=check_norm(load.get("norm", "max"), where=f"{cfg.filename}: LoadGIStack norm"),
         img_size=(int(resize["size"][0]), int(resize["size"][1])),
     )
 
@@ -158,13 +158,15 @@ class Segmenter:
             raise ValueError(f"boxes must be int ({d}, 4), got shape {np.asarray(boxes).shape}")
         out = np.zeros((d, len(self.classes), h, w), np.float32)
         zs = [z for z in range(d) if keep is None or bool(keep[z])]
-        vmax = [float(v.max()) if self.norm == "volume_max" else None for v in channels]
+        vmax = [float(v.max()) if norm_mode(self.norm) == "volume_max" else None for v in channels]
         for i in range(0, len(zs), batch_size):
             chunk = zs[i : i + batch_size]
             xs, bxs = [], []
             for z in chunk:
                 idx = stack_indices(z, d, self.stride, self.channels)
-                stacks = [normalise_stack(np.asarray(v[idx]), self.norm, m) for v, m in zip(channels, vmax)]
+                stacks = [
+                    normalise_stack(np.asarray(v[idx]), self.norm, m, k) for k, (v, m) in enumerate(zip(channels, vmax))
+                ]
                 stack = stacks[0] if len(stacks) == 1 else np.concatenate(stacks)
                 box = np.asarray(boxes[z]) if boxes is not None else full_box((h, w))
                 xs.append(crop_resize(stack, box, self.img_size))

@@ -2,35 +2,110 @@
 
 Pure numpy/OpenCV; shared by the training dataset (``segmenters.mm.data``) and inference
 (``segmenters.mm.inference``) so that both see images made the same way.
+
+A normalisation (``stack.norm`` of the configs) is a mode name of :data:`NORM_MODES` (``"max"``: each stack divided
+by its own maximum, the 1st place's rule) or a dict ``dict(mode=..., ...)``; the CT scheme that the planner derives
+from the fingerprint (``python -m data_prep plan``) needs one: ``dict(mode="ct", clip=(lo, hi), mean=m, std=s)``
+(stored units; per image channel: lists, :func:`data_prep.plan.ct_params`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import cv2
 import numpy as np
 
+from data_prep.plan import CT_MODE, ct_normalise, ct_params
 from data_prep.volumes import stack_indices
 
-#: Normalisation modes of :func:`normalise_stack`.
-NORM_MODES: tuple[str, ...] = ("max", "minmax", "percentile", "volume_max", "none")
+#: Normalisation modes of :func:`normalise_stack` (``ct`` only as a dict with its parameters).
+NORM_MODES: tuple[str, ...] = ("max", "minmax", "percentile", "volume_max", "none", CT_MODE)
+#: A ``stack.norm`` value: a mode name, or ``dict(mode=..., **parameters)``.
+Norm = str | Mapping[str, Any]
 
 
-def normalise_stack(stack: np.ndarray, mode: str = "max", volume_max: float | None = None) -> np.ndarray:
+def norm_mode(norm: Norm) -> str:
+    """The mode of a normalisation: the name itself, or the dict's ``mode``.
+
+    >>> norm_mode("max"), norm_mode({"mode": "ct", "clip": (0, 1), "mean": 0.5, "std": 0.2})
+    ('max', 'ct')
+    """
+    return str(norm.get("mode", "")) if isinstance(norm, Mapping) else str(norm)
+
+
+def check_norm(norm: Any, channels: int = 1, where: str = "norm") -> Norm:
+    """A checked normalisation as plain data: a mode name, or a plain dict (mmengine ``ConfigDict`` copied).
+
+    Args:
+        norm: a mode of :data:`NORM_MODES`, or ``dict(mode=..., ...)``; ``ct`` needs ``clip``, ``mean``, ``std``.
+        channels: the image channels it will be applied to (a ``ct`` dict with per-channel lists must cover them).
+        where: names the setting in errors.
+
+    Raises:
+        ValueError: an unknown mode, ``ct`` without a dict, or bad ``ct`` parameters (the message names ``where``).
+
+    >>> check_norm("max")
+    'max'
+    >>> check_norm("ct")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: norm: mode 'ct' needs its parameters: dict(mode='ct', clip=(lo, hi), mean=m, std=s) ...
+    """
+    if isinstance(norm, Mapping):
+        plain = {str(k): _plain(v) for k, v in norm.items()}
+        mode = plain.get("mode")
+        if mode not in NORM_MODES:
+            raise ValueError(f"{where}: mode must be one of {NORM_MODES}, got {mode!r} in {plain}")
+        if mode == CT_MODE:
+            for k in range(max(1, int(channels))):
+                ct_params(plain, k, where)
+        return plain
+    if norm not in NORM_MODES:
+        raise ValueError(f"{where} must be one of {NORM_MODES} or a dict(mode=...), got {norm!r}")
+    if norm == CT_MODE:
+        raise ValueError(
+            f"{where}: mode 'ct' needs its parameters: dict(mode='ct', clip=(lo, hi), mean=m, std=s) "
+            "(python -m data_prep plan writes them)"
+        )
+    return str(norm)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def normalise_stack(
+    stack: np.ndarray, mode: Norm = "max", volume_max: float | None = None, channel: int = 0
+) -> np.ndarray:
     """Scale a 2.5D stack to float32, by default dividing by the stack's own maximum (the 1st place's rule).
 
     Args:
         stack: ``(C, H, W)`` uint16 (or any numeric) stack.
         mode: ``max`` (``x / max(stack)``), ``minmax`` (``(x - min) / (max - min)``), ``percentile``
             (``x / p99.5``, clipped to ``[0, 1]``), ``volume_max`` (``x / volume_max``, the whole case-day's
-            maximum) or ``none`` (``x`` as float32).
+            maximum), ``none`` (``x`` as float32), or a dict: ``dict(mode=<one of those>)`` or the CT scheme
+            ``dict(mode="ct", clip=(lo, hi), mean=m, std=s)``: ``(clip(x, lo, hi) - m) / s`` (stored units).
         volume_max: the case-day's maximum; required for ``volume_max``.
+        channel: the image channel the stack comes from (a ``ct`` dict may hold one value per channel).
 
     Returns:
-        float32 ``(C, H, W)``; an all-zero stack stays zero.
+        float32 ``(C, H, W)``; an all-zero stack stays zero (except under ``ct``, which maps every value).
 
     >>> normalise_stack(np.array([[[0, 50], [100, 200]]], np.uint16)).tolist()
     [[[0.0, 0.25], [0.5, 1.0]]]
+    >>> normalise_stack(np.array([[[0, 50], [100, 200]]]), dict(mode="ct", clip=(50, 150), mean=100, std=50)).tolist()
+    [[[-1.0, -1.0], [0.0, 1.0]]]
     """
+    if isinstance(mode, Mapping):
+        if mode.get("mode") == CT_MODE:
+            return ct_normalise(stack, *ct_params(mode, channel))
+        mode = str(mode.get("mode"))
     x = np.asarray(stack, dtype=np.float32)
     if mode == "max":
         peak = float(x.max()) if x.size else 0.0
@@ -55,8 +130,9 @@ def read_stack(
     z: int,
     stride: int = 2,
     channels: int = 3,
-    norm: str = "max",
+    norm: Norm = "max",
     volume_max: float | None = None,
+    channel: int = 0,
 ) -> np.ndarray:
     """The normalised 2.5D input of slice ``z``.
 
@@ -64,14 +140,14 @@ def read_stack(
         volume: ``(D, H, W)`` uint16 volume (a memmap is fine: only ``channels`` slices are read).
         z: centre slice, ``0 <= z < D``.
         stride, channels: as :func:`data_prep.volumes.stack_indices`.
-        norm, volume_max: as :func:`normalise_stack`.
+        norm, volume_max, channel: as :func:`normalise_stack`.
 
     Returns:
         float32 ``(H, W, channels)`` (channels last, as OpenCV and albumentations expect).
     """
     idx = stack_indices(int(z), int(volume.shape[0]), stride=stride, channels=channels)
     stack = np.asarray(volume[idx])
-    return np.ascontiguousarray(normalise_stack(stack, norm, volume_max).transpose(1, 2, 0))
+    return np.ascontiguousarray(normalise_stack(stack, norm, volume_max, channel).transpose(1, 2, 0))
 
 
 def resize_image(image: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:

@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_prep.dataset import KAGGLE, DatasetInfo
+from data_prep.plan import CT_MODE, ct_normalise, ct_params
 from data_prep.work import has_mask, load_mask, load_volume, prepare_hint, read_dataset
 from training.checks import volume_channels
 
 #: Model types this module builds (any other ``monai.networks.nets`` name is accepted too, unchecked).
 MODEL_TYPES: tuple[str, ...] = ("SegResNet", "DynUNet")
-NORM_MODES: tuple[str, ...] = ("percentile", "max", "zscore")
+NORM_MODES: tuple[str, ...] = ("percentile", "max", "zscore", CT_MODE)
 RESAMPLE_MODES: tuple[str, ...] = ("size", "spacing", "none")
 #: Intensity normalisation and in-plane resampling of the 1st place's 3D models.
 DEFAULT_NORM: dict[str, Any] = {"mode": "percentile", "percentiles": (0.0, 99.5)}
@@ -57,22 +58,36 @@ def to_dict(obj: Any) -> Any:
 
 
 def normalize_intensity(
-    volume: np.ndarray, mode: str = "percentile", percentiles: Sequence[float] = (0.0, 99.5)
+    volume: np.ndarray,
+    mode: str = "percentile",
+    percentiles: Sequence[float] = (0.0, 99.5),
+    ct: Mapping[str, Any] | None = None,
+    channel: int = 0,
 ) -> np.ndarray:
     """Per-volume intensity normalisation.
 
     Args:
         volume: any shape, any real dtype (uint16 scans).
         mode: ``"percentile"``: ``(v - p_lo) / (p_hi - p_lo)`` clipped to ``[0, 1]``; ``"max"``: ``v / max(v)``
-            (the 1st place's 2.5D rule); ``"zscore"``: ``(v - mean) / std``.
+            (the 1st place's 2.5D rule); ``"zscore"``: ``(v - mean) / std``; ``"ct"``: nnU-Net's CT scheme with the
+            dataset's fixed figures, ``(clip(v, lo, hi) - mean) / std`` (stored units; the planner writes them).
         percentiles: ``(lo, hi)`` for ``"percentile"``, in ``[0, 100]``.
+        ct: the ``norm`` dict holding ``clip``, ``mean``, ``std`` for ``"ct"`` (per-channel lists allowed,
+            :func:`data_prep.plan.ct_params`).
+        channel: the image channel ``volume`` is (for per-channel ``ct`` values).
 
     Returns:
-        float32 array of the same shape; a constant volume gives zeros.
+        float32 array of the same shape; a constant volume gives zeros (except under ``"ct"``).
 
     >>> normalize_intensity(np.array([0, 50, 100], dtype=np.uint16), "max").tolist()
     [0.0, 0.5, 1.0]
+    >>> normalize_intensity(np.array([0, 50, 100]), "ct", ct=dict(clip=(20, 80), mean=40, std=20)).tolist()
+    [-1.0, 0.5, 2.0]
     """
+    if mode == CT_MODE:
+        if ct is None:
+            raise ValueError("norm mode 'ct' needs dict(mode='ct', clip=(lo, hi), mean=m, std=s) (the plan writes it)")
+        return ct_normalise(volume, *ct_params(ct, channel, "the 3D model's norm"))
     v = np.asarray(volume, dtype=np.float32)
     if mode == "max":
         m = float(v.max()) if v.size else 0.0
@@ -261,7 +276,8 @@ def preprocess_image(
         volume: ``(D, H, W)`` scan (uint16 or any real dtype), or ``K`` image channels: ``(K, D, H, W)`` or a list
             of ``K`` ``(D, H, W)`` arrays.
         norm: ``dict(mode="percentile" | "max" | "zscore", percentiles=(lo, hi))`` (default percentile 0-99.5,
-            see :func:`normalize_intensity`).
+            see :func:`normalize_intensity`), or the planner's CT scheme ``dict(mode="ct", clip=(lo, hi), mean=m,
+            std=s)``.
         resample: target grid (:func:`resample_plan`; default ``dict(mode="size", size=(256, 256))``).
         spacing: ``(sz, sy, sx)`` or ``(sy, sx)`` mm (only for ``resample.mode == "spacing"``; ``(sz, sy, sx)`` for
             a 3-axis target spacing).
@@ -276,8 +292,8 @@ def preprocess_image(
     parts = volume_channels(volume, int(channels), "the 3D model's volume")
     norm = dict(norm or DEFAULT_NORM)
     planes = []
-    for v in parts:
-        v = normalize_intensity(v, norm.get("mode", "percentile"), norm.get("percentiles", (0.0, 99.5)))
+    for k, v in enumerate(parts):
+        v = normalize_intensity(v, norm.get("mode", "percentile"), norm.get("percentiles", (0.0, 99.5)), norm, k)
         planes.append(torch.from_numpy(np.ascontiguousarray(v.transpose(1, 2, 0))))  # (H, W, D)
     x = torch.stack(planes)  # (K, H, W, D)
     if device is not None:

@@ -10,7 +10,7 @@ work = None  # WORK folder; None = --work, else $GITRACT_WORK, else work/ under 
 fold = 0
 split_variant = "all"  # training side: every slice of the fold's training cases (the fault list applies)
 img_size = (256, 256)
-stack = dict(stride=2, channels=3)  # [i-2, i, i+2], each stack divided by its max
+stack = dict(stride=2, channels=3, norm="max")  # [i-2, i, i+2], each stack divided by its max
 num_classes = None  # presence logits; None = every class of WORK/dataset.json
 dataset_info = None  # {"classes", "label_kind", "channels"}; None = WORK/dataset.json (inference: the checkpoint's)
 
@@ -39,6 +39,7 @@ train_dataloader = dict(
         variant=split_variant,
         channels=3,
         stride=2,
+        norm="max",  # or the planner's CT scheme dict(mode="ct", clip=(lo, hi), mean=m, std=s)
         img_size=img_size,
         aug=dict(hflip=0.5, affine=0.7, scale=(0.85, 1.15), rotate=15.0, shift=0.06, brightness=0.15),
     ),
@@ -56,6 +57,7 @@ val_dataloader = dict(
         split="val",
         channels=3,
         stride=2,
+        norm="max",  # or the planner's CT scheme dict(mode="ct", clip=(lo, hi), mean=m, std=s)
         img_size=img_size,
         test_mode=True,
     ),
