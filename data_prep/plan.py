@@ -473,9 +473,10 @@ def plan_patch(
         n -= 1
     d, h, w = p
     why = (
-        f"median shape at the target spacing {median[1]:.0f}x{median[2]:.0f}x{median[0]:.0f} (HxWxD); start "
-        f"{int(start[1])}x{int(start[2])}x{int(start[0])} (isotropic mm, {PATCH_START_VOXELS:.3g} voxels, at most the "
-        f"median), multiples of {PATCH_MULTIPLE}, shrunk along the longest axis in mm until {n} patch"
+        f"median shape at the target spacing {median[1]:.0f}x{median[2]:.0f}x{median[0]:.0f} (HxWxD); start: a box "
+        f"of {PATCH_START_VOXELS:.3g} voxels, isotropic in mm, cut to the median -> "
+        f"{int(start[1])}x{int(start[2])}x{int(start[0])}; multiples of {PATCH_MULTIPLE}, "
+        f"shrunk along the longest axis in mm until {n} patch"
         f"{'es' if n > 1 else ''} of {arch} fit: {h}x{w}x{d} = {h * w * d / 1e6:.2f} Mvoxels, "
         f"{mem(n) / 1024:.1f} of {budget_mb / 1024:.1f} GB"
     )
