@@ -1,11 +1,15 @@
 """Command line of the ensembles stage.
 
 python -m ensembles score --truth train.csv --pred submission.csv --data-root DIR [--split train|test]
-    [--empty one|skip] [--hausdorff per_class|union] [--workers N] [--out score.json]
+    [--empty one|skip] [--hausdorff per_class|union] [--tolerance MM] [--no-surface] [--workers N] [--out score.json]
 python -m ensembles score --truth LABELS_DIR --pred PRED_DIR --work WORK [--out score.json]
     (folders of label volumes in WORK's input format, matched by file name; adds the 3D Dice per volume and class)
 python -m ensembles search --oof [NAME=]DIR [...] (--truth train.csv | --work WORK) --spec SPEC --out tuned.yaml
-    [--data-root DIR | --manifest CSV] [--workers N]
+    [--data-root DIR | --manifest CSV] [--objective competition|dsc|nsd] [--tolerance MM] [--workers N]
+
+score prints one table (and --out writes it as JSON, Markdown and CSV): per class the competition score, the
+per-slice Dice, and in mm from the voxel spacing DSC, NSD at the tolerance, HD95 and ASSD (mean ± sd over
+case-days), then all classes, then one row per case-day. --no-surface leaves the surface metrics out.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, EMPTY_CONVENTIONS, HAUSDORFF_VARIANTS
+from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, EMPTY_CONVENTIONS, HAUSDORFF_VARIANTS, OBJECTIVES
 
 
 def _metric_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +36,13 @@ def _metric_args(p: argparse.ArgumentParser) -> None:
         help=f"3D Hausdorff per class or on the classes OR-ed (default {DEFAULT_HAUSDORFF})",
     )
     p.add_argument("--workers", type=int, default=0, help="processes (0: this one)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="NSD tolerance in mm (default: one voxel of each volume, its largest side; 3 mm for the Kaggle layout)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifest", default=None, help="instead of --data-root: a CSV with id,width,height")
     s.add_argument("--out", default=None, help="JSON to write (a Markdown table goes beside it, .md)")
     s.add_argument("--per-case-day", type=int, default=20, help="case-day rows to print (all go to --out)")
+    s.add_argument(
+        "--no-surface",
+        action="store_true",
+        help="leave out DSC, NSD, HD95 and ASSD (in mm; they need each volume's spacing): the competition score only",
+    )
     _metric_args(s)
     r = sub.add_parser("search", help="search weights, thresholds and post-processing on OOF predictions")
     r.add_argument("--oof", nargs="+", required=True, help="probability folders, NAME=DIR or DIR (matched by config)")
@@ -69,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="thresholds,gate,weights,floor,min_component",
         help="comma-separated search steps, in this order (default: all)",
     )
+    r.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="competition",
+        help="what the search maximises: the competition score (default), the mean 3D DSC or the mean NSD at "
+        "--tolerance (these two need each case-day's voxel spacing)",
+    )
     _metric_args(r)
     return ap
 
@@ -78,7 +101,7 @@ def _score(a: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from evaluation.scoring import score_files, score_folders, write_report
+    from evaluation.scoring import PIXEL_COLUMNS, report_markdown, score_files, score_folders, write_report
 
     progress = lambda it, total: tqdm(it, total=total, desc="case-days", disable=a.quiet)  # noqa: E731
     folders = [Path(p).is_dir() for p in (a.truth, a.pred)]
@@ -92,20 +115,46 @@ def _score(a: argparse.Namespace) -> int:
         from data_prep.work import check_work, read_dataset
 
         info = read_dataset(check_work(a.work, need_masks=False, need_splits=False))
-        res = score_folders(a.truth, a.pred, info, a.empty, a.hausdorff, a.workers, progress=progress)
+        res = score_folders(
+            a.truth,
+            a.pred,
+            info,
+            a.empty,
+            a.hausdorff,
+            a.workers,
+            progress=progress,
+            surface=not a.no_surface,
+            tolerance=a.tolerance,
+        )
     else:
+        surface = not a.no_surface
+        if surface and a.manifest and not a.data_root:
+            import pandas as pd
+
+            cols = set(pd.read_csv(a.manifest, nrows=0).columns)
+            if not any({h, w} <= cols for h, w in PIXEL_COLUMNS):
+                logging.getLogger("ensembles").warning(
+                    "%s has no pixel spacing (px_h, px_w in mm): DSC, NSD, HD95 and ASSD are left out", a.manifest
+                )
+                surface = False
         res = score_files(
-            a.truth, a.pred, a.data_root, a.split, a.manifest, a.empty, a.hausdorff, a.workers, progress=progress
+            a.truth,
+            a.pred,
+            a.data_root,
+            a.split,
+            a.manifest,
+            a.empty,
+            a.hausdorff,
+            a.workers,
+            progress=progress,
+            surface=surface,
+            tolerance=a.tolerance,
         )
     print(
         f"score {res.score:.5f}  dice {res.dice:.5f}  1-hausdorff {res.hausdorff:.5f}  "
         f"(empty={res.empty}, hausdorff={res.hausdorff_variant})"
     )
-    print(res.per_class.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
-    pcd = res.per_case_day
-    print(pcd.head(a.per_case_day).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if len(pcd) > a.per_case_day:
-        print(f"... {len(pcd) - a.per_case_day} more case-days" + (f" in {a.out}" if a.out else ""))
+    print(report_markdown(res, max_cases=a.per_case_day), end="")
     if res.dsc_3d is not None:
         print("3D Dice per volume and class:")
         print(res.dsc_3d.head(a.per_case_day).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -135,6 +184,8 @@ def _search(a: argparse.Namespace) -> int:
         log=print,
         steps=a.steps.split(","),
         work=a.work,
+        objective=a.objective,
+        tolerance=a.tolerance,
     )
     print(f"score {before.score:.5f} -> {after.score:.5f}; wrote {a.out}")
     return 0

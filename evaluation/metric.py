@@ -3,6 +3,9 @@
 A leaf of the training and inference stages (numpy, scipy, pandas and ``data_prep.dataset`` only): every
 validation hook, the search and the scoring command import it. Also here: :func:`slice_dice_table`, the Dice
 summaries that validation logs beside the score, and :func:`dsc_3d_table`, the plain 3D Dice per volume and class.
+Given a voxel spacing, :func:`score_case_day` adds the field's metrics in mm per class (DSC, NSD at a tolerance,
+HD95, ASSD: :mod:`evaluation.surface`), :func:`aggregate` their means and spreads, and :func:`objective_scores`
+turns a result into the number a search maximises.
 
 Every function is generic in the number of classes ``C``; the ones that name classes take ``classes`` (the
 dataset's, ``read_dataset(work).classes``); left out, ``C`` must be 3 and the names are the Kaggle layout's.
@@ -57,12 +60,23 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from data_prep.dataset import KAGGLE
+from evaluation.surface import (
+    DEFAULT_PERCENTILE,
+    SURFACE_METRICS,
+    Surface,
+    default_tolerance,
+    mask_surface,
+    surface_scores,
+    volume_diagonal,
+)
 
 EMPTY_CONVENTIONS: tuple[str, ...] = ("one", "skip")
 HAUSDORFF_VARIANTS: tuple[str, ...] = ("per_class", "union")
 #: Defaults, documented in the module docstring.
 DEFAULT_EMPTY: str = "one"
 DEFAULT_HAUSDORFF: str = "per_class"
+#: What :func:`objective_scores` (and the ensemble search) can maximise.
+OBJECTIVES: tuple[str, ...] = ("competition", "dsc", "nsd")
 DICE_WEIGHT: float = 0.4
 HAUSDORFF_WEIGHT: float = 0.6
 _SQRT3 = math.sqrt(3.0)
@@ -292,6 +306,9 @@ class CaseDayScore:
         n_slices: depth ``D``.
         counts: int64 ``(D, C, 3)``: per slice and class the intersection, predicted and true pixel counts (for
             :func:`slice_dice_table`; None when not kept).
+        surface: float64 ``(C, 4)``: per class ``[dsc, nsd, hd95, assd]`` (:data:`SURFACE_METRICS`, distances in mm)
+            when scored with a spacing, else None.
+        tolerance: the NSD tolerance in mm of ``surface`` (None without).
     """
 
     case_day: str
@@ -300,6 +317,8 @@ class CaseDayScore:
     distance: np.ndarray
     n_slices: int
     counts: np.ndarray | None = None
+    surface: np.ndarray | None = None
+    tolerance: float | None = None
 
 
 def score_case_day(
@@ -310,6 +329,9 @@ def score_case_day(
     hausdorff: str = DEFAULT_HAUSDORFF,
     reference: bool = False,
     distances: MutableMapping[tuple[int, bytes], float] | None = None,
+    spacing: Sequence[float] | None = None,
+    tolerance: float | None = None,
+    surfaces: MutableMapping[tuple, Surface | np.ndarray] | None = None,
 ) -> CaseDayScore:
     """Score one case-day.
 
@@ -324,6 +346,13 @@ def score_case_day(
             key ``(class index, digest of the predicted volume)`` (class ``-1``: the union). A search scores many
             candidates whose masks of one class are often the same; the distance is then computed once. Never
             share one cache between two truths or variants.
+        spacing: ``(sz, sy, sx)`` voxel sides in mm; when given, the record also gets ``surface``, the field's
+            metrics per class (:func:`evaluation.surface.surface_scores`: DSC, NSD, HD95, ASSD; both empty and one
+            empty as ``empty`` says), and ``tolerance``. None (the default): nothing of it is computed.
+        tolerance: the NSD tolerance in mm (None: one voxel, :func:`evaluation.surface.default_tolerance`).
+        surfaces: a cache for a search, read and filled, for this ``truth`` and ``spacing`` only: ``("truth", c)``
+            -> the :class:`evaluation.surface.Surface` of class ``c``'s true volume; ``(c, digest of the predicted
+            volume, tolerance, empty)`` -> its four scores.
 
     Returns:
         A :class:`CaseDayScore`.
@@ -356,7 +385,62 @@ def score_case_day(
                 dist[c] = fn(np.ascontiguousarray(pred[:, c]), np.ascontiguousarray(truth[:, c]), key=c)
     if empty == "one":
         dist = np.where(np.isnan(dist), 0.0, dist)
-    return CaseDayScore(case_day, dice_sum, dice_count, dist, pred.shape[0], np.stack([i_cnt, p_cnt, t_cnt], axis=-1))
+    counts = np.stack([i_cnt, p_cnt, t_cnt], axis=-1)
+    rec = CaseDayScore(case_day, dice_sum, dice_count, dist, pred.shape[0], counts)
+    if spacing is not None:
+        one_voxel = default_tolerance(spacing)  # checks the spacing
+        tau = one_voxel if tolerance is None else float(tolerance)
+        if not (math.isfinite(tau) and tau >= 0):
+            raise ValueError(f"{case_day}: the NSD tolerance must be a distance >= 0 in mm, got {tolerance!r}")
+        rec.tolerance = tau
+        rec.surface = _surface_table(pred, truth, counts, spacing, tau, empty, surfaces)
+    return rec
+
+
+def _surface_table(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    counts: np.ndarray,
+    spacing: Sequence[float],
+    tolerance: float,
+    empty: str,
+    cache: MutableMapping[tuple, Surface | np.ndarray] | None,
+) -> np.ndarray:
+    """float64 ``(C, 4)`` :func:`evaluation.surface.surface_scores` of each class of bool ``(D, C, H, W)`` volumes;
+    ``counts`` (``(D, C, 3)`` per slice: intersection, predicted, true) settles the empty classes without a scan."""
+    sp = tuple(float(v) for v in spacing)
+    totals = counts.sum(axis=0)  # (C, 3)
+    out = np.empty((pred.shape[1], len(SURFACE_METRICS)))
+    diag = volume_diagonal(truth[:, 0].shape, sp)
+    for c in range(pred.shape[1]):
+        n_p, n_t = totals[c, 1], totals[c, 2]
+        if n_p == 0 and n_t == 0:
+            out[c] = [1.0, 1.0, 0.0, 0.0] if empty == "one" else np.nan
+            continue
+        if n_p == 0 or n_t == 0:
+            out[c] = [0.0, 0.0, diag, diag]
+            continue
+        p_c, t_c = pred[:, c], truth[:, c]
+        zs = np.flatnonzero(counts[:, c, 1:].any(axis=1))  # the slices with voxels of either: all that is read
+        z_range = (int(zs[0]), int(zs[-1]) + 1)
+        key = None
+        if cache is not None:
+            key = (c, mask_digest(p_c), float(tolerance), empty)
+            if key in cache:
+                out[c] = cache[key]
+                continue
+            ts = cache.get(("truth", c))
+            if ts is None:
+                t_zs = np.flatnonzero(counts[:, c, 2])
+                ts = cache[("truth", c)] = mask_surface(t_c, sp, (int(t_zs[0]), int(t_zs[-1]) + 1))
+        else:
+            ts = None
+        out[c] = surface_scores(
+            p_c, t_c, sp, tolerance, DEFAULT_PERCENTILE, truth_surface=ts, empty=empty, z_range=z_range
+        )
+        if key is not None:
+            cache[key] = out[c].copy()
+    return out
 
 
 @dataclass
@@ -376,6 +460,12 @@ class ScoreResult:
         classes: the class names, in channel order.
         dsc_3d: None, or (volumes scored as volumes: :func:`dsc_3d_table`) one row per case-day (volume) with
             ``case_day`` and ``dsc_{class}``, the plain 3D Dice of each class.
+        tolerances: the NSD tolerances (mm) the records were scored with, distinct and sorted; empty when they
+            have no surface metrics. With them, ``per_class`` has ``dsc, nsd, hd95, assd`` (mean over case-days;
+            the ``all`` row: over every (case-day, class)) and their standard deviations ``dsc_sd, ...`` (sample,
+            ``ddof=1``; NaN for fewer than two values), and ``per_case_day`` has ``dsc_{class}, nsd_{class},
+            hd95_{class}, assd_{class}``, their means over the classes ``dsc, nsd, hd95, assd`` and ``tolerance``.
+        percentile: the robust Hausdorff percentile of ``hd95`` (None without surface metrics).
     """
 
     score: float
@@ -387,9 +477,17 @@ class ScoreResult:
     hausdorff_variant: str = DEFAULT_HAUSDORFF
     classes: tuple[str, ...] = field(default=KAGGLE.classes)
     dsc_3d: pd.DataFrame | None = None
+    tolerances: tuple[float, ...] = ()
+    percentile: float | None = None
+
+    @property
+    def has_surface(self) -> bool:
+        """Whether the records carried the surface metrics (DSC, NSD, HD95, ASSD)."""
+        return bool(self.tolerances)
 
     def to_dict(self) -> dict:
-        """JSON-ready summary (NaN as None); ``dsc_3d`` only when it was computed."""
+        """JSON-ready summary (NaN as None); ``dsc_3d`` only when it was computed, the tolerances (mm) and the
+        Hausdorff percentile only with surface metrics."""
 
         def clean(v):
             return None if isinstance(v, float) and math.isnan(v) else v
@@ -405,6 +503,9 @@ class ScoreResult:
         }
         if self.dsc_3d is not None:
             out["dsc_3d"] = [{k: clean(v) for k, v in r.items()} for r in self.dsc_3d.to_dict("records")]
+        if self.has_surface:
+            out["tolerance_mm"] = list(self.tolerances)
+            out["hausdorff_percentile"] = self.percentile
         return out
 
 
@@ -467,16 +568,88 @@ def aggregate(
             h_c = float("nan")
         cls_rows.append({"class": name, "dice": d_c, "hausdorff": h_c, "score": _combine(d_c, h_c)})
     cls_rows.append({"class": "all", "dice": dice, "hausdorff": haus, "score": _combine(dice, haus)})
+    per_class, per_case_day = pd.DataFrame(cls_rows), pd.DataFrame(rows)
+    tolerances = _surface_columns(records, classes, per_class, per_case_day)
     return ScoreResult(
         score=_combine(dice, haus),
         dice=dice,
         hausdorff=haus,
-        per_class=pd.DataFrame(cls_rows),
-        per_case_day=pd.DataFrame(rows),
+        per_class=per_class,
+        per_case_day=per_case_day,
         empty=empty,
         hausdorff_variant=hausdorff,
         classes=tuple(classes),
+        tolerances=tolerances,
+        percentile=DEFAULT_PERCENTILE if tolerances else None,
     )
+
+
+def _nan_stats(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``) of the non-NaN values; NaN when there are none (the mean)
+    or fewer than two (the deviation)."""
+    v = values[~np.isnan(values)]
+    mean = float(v.mean()) if len(v) else float("nan")
+    return mean, float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+def _surface_columns(
+    records: Sequence[CaseDayScore], classes: Sequence[str], per_class: pd.DataFrame, per_case_day: pd.DataFrame
+) -> tuple[float, ...]:
+    """Adds the surface metrics' columns (:class:`ScoreResult`) in place when the records have them; returns the
+    distinct tolerances (``()`` without)."""
+    have = [r.surface is not None for r in records]
+    if not any(have):
+        return ()
+    if not all(have):
+        missing = [r.case_day for r in records if r.surface is None]
+        raise ValueError(f"case-days scored without a spacing among ones with: {missing[:3]}; score all or none")
+    table = np.stack([r.surface for r in records])  # (N, C, 4)
+    for m, name in enumerate(SURFACE_METRICS):
+        stats = [_nan_stats(table[:, c, m]) for c in range(len(classes))] + [_nan_stats(table[:, :, m].ravel())]
+        per_class[name] = [s[0] for s in stats]
+        per_class[f"{name}_sd"] = [s[1] for s in stats]
+    for m, name in enumerate(SURFACE_METRICS):
+        for c, cls in enumerate(classes):
+            per_case_day[f"{name}_{cls}"] = table[:, c, m]
+    with np.errstate(invalid="ignore"):
+        for m, name in enumerate(SURFACE_METRICS):
+            vals = table[:, :, m]
+            cnt = (~np.isnan(vals)).sum(axis=1)
+            per_case_day[name] = np.where(cnt > 0, np.nansum(vals, axis=1) / np.maximum(cnt, 1), np.nan)
+    per_case_day["tolerance"] = [r.tolerance for r in records]
+    return tuple(sorted({float(r.tolerance) for r in records}))
+
+
+def objective_scores(res: ScoreResult, objective: str) -> tuple[float, np.ndarray]:
+    """The number a search maximises, overall and per class (higher is better).
+
+    Args:
+        res: an :func:`aggregate` result.
+        objective: ``"competition"`` (``res.score`` and the per-class ``score`` column), ``"dsc"`` (the mean 3D
+            DSC over every (case-day, class), and per class its mean over case-days) or ``"nsd"`` (the same for NSD
+            at the tolerance the records were scored with); :data:`OBJECTIVES`.
+
+    Returns:
+        ``(overall, per_class)``: a float and float64 ``(C,)`` in class order.
+
+    Raises:
+        ValueError: an unknown objective, or ``dsc`` / ``nsd`` for records scored without a spacing.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    rows = res.per_class[res.per_class["class"] != "all"]
+    column = "score" if objective == "competition" else objective
+    if column not in res.per_class.columns:
+        raise ValueError(
+            f"objective {objective!r} needs the surface metrics: score the case-days with a voxel spacing "
+            "(score_case_day(spacing=...))"
+        )
+    overall = (
+        res.score
+        if objective == "competition"
+        else float(res.per_class.loc[res.per_class["class"] == "all", column].iloc[0])
+    )
+    return float(overall), rows[column].to_numpy(dtype=np.float64)
 
 
 def score_volumes(

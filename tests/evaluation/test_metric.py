@@ -243,7 +243,7 @@ def test_score_tables_and_cli(tmp_path, real_labels_path, real_manifest_path):
     js = json.loads(out.read_text())
     assert js["score"] == pytest.approx(expected.score, abs=1e-9)
     assert [row["class"] for row in js["per_class"]] == [*CLASSES, "all"]
-    assert "| case_day |" in out.with_suffix(".md").read_text()
+    assert "| class / case-day |" in out.with_suffix(".md").read_text()
     # missing rows in the prediction: a clear error naming the file
     sub.iloc[3:].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(ValueError, match="short.csv.*have no rows"):
