@@ -119,13 +119,16 @@ def test_evaluator_scores_each_candidate_once_and_equals_the_metric(oof):
     first = ev([base, low, copy.deepcopy(base)])
     assert ev.n_evals == 2 and first[0] is first[2]
     assert ev([low])[0] is first[1] and ev.n_evals == 2
-    # each case-day cached one distance per class and candidate whose volume was non-empty on both sides
-    assert {cd: len(c) for cd, c in ev._distances.items()} == dict.fromkeys(CDS, 6)
-    # a candidate whose class masks were all seen before comes from the cache and equals the metric computed anew
+    # each case-day: one mask per class and candidate, one distance for each non-empty on both sides (all here)
+    st = ev.stats()
+    assert (st["masks"], st["hausdorff"], st["truth_decoded"], st["fused"]) == (24, 24, 4, 4)
+    # a candidate whose class settings were all seen before comes from the caches (no map, no mask, no distance)
+    # and equals the metric computed anew
     mixed = copy.deepcopy(base)
     mixed.thresholds = np.array([0.75, 0.4, 0.75])
     got = ev([mixed])[0]
-    assert ev.n_evals == 3 and {cd: len(c) for cd, c in ev._distances.items()} == dict.fromkeys(CDS, 6)
+    st = ev.stats()
+    assert ev.n_evals == 3 and (st["masks"], st["hausdorff"], st["cached_candidates"]) == (24, 24, 4)
     truth = read_rle_table(oof / "train.csv").set_index("id")
     manual = []
     for cd in CDS:
