@@ -185,9 +185,12 @@ _SEARCH_OFFSETS = 2048
 @functools.lru_cache(maxsize=64)
 def _search(spacing: tuple[float, float, float]) -> _Search:
     """Every corner offset within R mm, sorted by its distance; R holds about :data:`_SEARCH_OFFSETS` offsets, and
-    at least one voxel along every axis. Distances are computed as the reference computes them."""
+    at least one voxel along every axis when that does not take more than 4 times as many (very anisotropic voxels:
+    the rest goes to the KD-tree). Distances are computed as the reference computes them."""
     sp = np.asarray(spacing)
-    radius = max(float(sp.max()), (_SEARCH_OFFSETS * 3.0 / (4.0 * math.pi) * float(np.prod(sp))) ** (1.0 / 3.0))
+    radius = (_SEARCH_OFFSETS * 3.0 / (4.0 * math.pi) * float(np.prod(sp))) ** (1.0 / 3.0)
+    if 4.0 / 3.0 * math.pi * float(sp.max()) ** 3 / float(np.prod(sp)) <= 4 * _SEARCH_OFFSETS:
+        radius = max(radius, float(sp.max()))  # one voxel along every axis, unless that takes far more offsets
     margin = np.floor(radius / sp).astype(np.int64)
     axes = [np.arange(-m, m + 1) for m in margin]
     offs = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
@@ -271,21 +274,35 @@ def _empty_surface(sp: tuple[float, float, float], shape: tuple[int, ...]) -> Su
     return Surface(np.zeros((3, 0), np.int64), np.zeros(0, np.uint8), sp, shape)  # type: ignore[arg-type]
 
 
-def _codes_at(rows: np.ndarray, prev: np.ndarray, byte: np.ndarray, bit: np.ndarray) -> np.ndarray:
-    """uint8 neighbour codes of corners given by the flat index ``byte`` of their corner row's byte and the ``bit``
-    in it, from bit rows ``rows`` (bit ``x`` = voxel ``x``) and ``prev`` (bit ``x`` = voxel ``x - 1``), both uint64
-    ``(Z, Y, words)``: the cube of corner row ``(z, y)`` holds voxel rows ``(z + a, y + b)``, ``a, b`` in 0, 1."""
+def _transpose8(x: np.ndarray) -> np.ndarray:
+    """uint64: each word an 8x8 bit matrix (bit ``8i + j``: row ``i``, column ``j``) transposed (three swaps of
+    off-diagonal blocks)."""
+    for shift, mask in ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0)):
+        s, m = np.uint64(shift), np.uint64(mask)
+        t = (x ^ (x >> s)) & m
+        x = x ^ t ^ (t << s)
+    return x
+
+
+def _codes_at(rows: np.ndarray, prev: np.ndarray, byte: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """uint8 neighbour codes of the surfels of the corner-row bytes ``byte`` (flat byte indices, laid out as
+    ``rows``); surfel ``i`` is bit ``which[i] & 7`` of byte ``byte[which[i] >> 3]``. ``rows`` (bit ``x`` = voxel
+    ``x``) and ``prev`` (bit ``x`` = voxel ``x - 1``) are uint64 ``(Z, Y, words)``; the cube of corner row
+    ``(z, y)`` holds voxel rows ``(z + a, y + b)``, ``a, b`` in 0, 1.
+
+    The 8 voxel bytes behind each corner byte (one per code bit) make an 8x8 bit matrix; transposed, byte ``j``
+    of it is the code of the corner at bit ``j``."""
     row_bytes = rows.shape[1] * rows.shape[2] * 8
     flat_rows, flat_prev = rows.view(np.uint8).reshape(-1), prev.view(np.uint8).reshape(-1)
-    bit = bit.astype(np.uint8)
-    code = np.zeros(len(byte), dtype=np.uint8)
+    planes = np.empty((len(byte), 8), dtype=np.uint8)  # column s: the voxel byte of code bit s
     for a in (0, 1):
         for b in (0, 1):
             at = a * row_bytes + b * rows.shape[2] * 8  # the row (z + a, y + b): views that start there
             shift = 7 - (4 * a + 2 * b)  # bit of voxel x - 1 (c = 0); voxel x is the next lower bit
-            code |= ((flat_prev[at:][byte] >> bit) & np.uint8(1)) << np.uint8(shift)
-            code |= ((flat_rows[at:][byte] >> bit) & np.uint8(1)) << np.uint8(shift - 1)
-    return code
+            planes[:, shift] = flat_prev[at:][byte]
+            planes[:, shift - 1] = flat_rows[at:][byte]
+    codes = _transpose8(planes.view(np.uint64).reshape(-1))
+    return ((codes[which >> 3] >> ((which & 7) * 8).astype(np.uint64)) & np.uint64(0xFF)).astype(np.uint8)
 
 
 def mask_surface(mask: np.ndarray, spacing: Sequence[float], z_range: tuple[int, int] | None = None) -> Surface:
@@ -337,9 +354,9 @@ def mask_surface(mask: np.ndarray, spacing: Sequence[float], z_range: tuple[int,
     by = laid.view(np.uint8).reshape(-1)
     nz = np.flatnonzero(by)
     bits = np.flatnonzero(np.unpackbits(by[nz], bitorder="little"))
+    codes = _codes_at(rows, prev, nz, bits)
     byte = nz[bits >> 3]
     bit = bits & 7
-    codes = _codes_at(rows, prev, byte, bit)
     row, x_byte = np.divmod(byte, words * 8)
     cz, cy = np.divmod(row, n_y + 2)
     zyx = np.empty((3, len(byte)), dtype=np.int64)
@@ -400,14 +417,15 @@ _LOWEST_BIT = np.array([8] + [(v & -v).bit_length() - 1 for v in range(1, 256)],
 _BLOCK = 1 << 14
 
 
-def _directed(a: Surface, b: Surface) -> tuple[np.ndarray, np.ndarray]:
-    """From each surfel of ``a`` to the nearest surfel of ``b`` (both non-empty): the distances and ``a``'s areas,
-    sorted by (distance, area), as float64 ``(len(a),)`` each.
+def _directed(a: Surface, b: Surface) -> _Directed:
+    """From each surfel of ``a`` to the nearest surfel of ``b`` (both non-empty): the distances with ``a``'s areas,
+    sorted by (distance, area).
 
-    Corner offsets within the search radius are tried nearest first on ``b``'s surfel bits (the first hit is the
-    nearest surfel); the surfels of ``a`` left over get theirs from ``b``'s KD-tree. Either way the distance is the
-    reference's arithmetic on the integer corner offset. Grid hits are sorted by counting (distance rank, area
-    rank), the rest by ``lexsort``."""
+    Corner offsets within the search radius are tried nearest first on ``b``'s surfel bits (one byte per corner),
+    offset 0 first, then blocks of 4 and 8 offsets (their hits packed into a byte per surfel, the lowest bit is the
+    nearest) for the surfels not found yet, wider blocks once few are left; the first hit is the nearest surfel.
+    The surfels left over get theirs from a KD-tree (:func:`_nearest`). Either way the distance is the reference's
+    arithmetic on the integer corner offset. Grid hits are counted per (distance, area) pair, the rest sorted."""
     srch = _search(a.spacing)
     gz, gy, gw = b.grid.shape
     n_x = gw * 64
