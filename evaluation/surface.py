@@ -331,16 +331,14 @@ def mask_surface(mask: np.ndarray, spacing: Sequence[float], z_range: tuple[int,
     if box is None:
         return _empty_surface(sp, m.shape)
     lo, hi = box
-    mz, my, mx = (int(v) for v in _search(sp).margin)
     n_z, n_y = int(hi[0] - lo[0]), int(hi[1] - lo[1])
-    # x: voxel x is bit x - x_org of a row; x_org a multiple of 64 left of the bounding box by more than 2 reaches
-    x_org = ((int(lo[2]) - 2 * mx - 1) // 64) * 64
-    words = (int(hi[2]) + 2 * mx - x_org) // 64 + 1
-    xs = max(x_org, 0) // 8 * 8  # packed from a byte boundary (the columns before lo are empty)
+    # x: voxel x is bit x - x_org of a row, x_org the multiple of 64 at or left of the bounding box (a spare bit
+    # after the last voxel: the corner after it)
+    x_org = (int(lo[2]) // 64) * 64
+    words = (int(hi[2]) - x_org) // 64 + 1
     packed = np.zeros((n_z + 2, n_y + 2, words * 8), dtype=np.uint8)  # a row of zeros around in z and y
-    cols = np.packbits(m[lo[0] : hi[0], lo[1] : hi[1], xs : hi[2]], axis=2, bitorder="little")
-    b0 = (xs - x_org) // 8
-    packed[1:-1, 1:-1, b0 : b0 + cols.shape[2]] = cols
+    cols = np.packbits(m[lo[0] : hi[0], lo[1] : hi[1], x_org : hi[2]], axis=2, bitorder="little")
+    packed[1:-1, 1:-1, : cols.shape[2]] = cols  # from x_org on (the columns before lo are empty)
     rows = packed.view("<u8")  # bit b of a row = voxel x_org + b
     prev = rows << np.uint64(1)  # bit b = voxel x_org + b - 1
     prev[..., 1:] |= rows[..., :-1] >> np.uint64(63)
@@ -363,9 +361,8 @@ def mask_surface(mask: np.ndarray, spacing: Sequence[float], z_range: tuple[int,
     np.add(cz, lo[0], out=zyx[0])
     np.add(cy, lo[1], out=zyx[1])
     np.add(x_byte * 8 + bit, x_org, out=zyx[2])
-    grid = np.zeros((n_z + 1 + 4 * mz, n_y + 1 + 4 * my, words), dtype=np.uint64)
-    grid[2 * mz : 2 * mz + n_z + 1, 2 * my : 2 * my + n_y + 1] = border
-    origin = np.array([lo[0] - 2 * mz, lo[1] - 2 * my, x_org], dtype=np.int64)
+    grid = np.ascontiguousarray(border)
+    origin = np.array([lo[0], lo[1], x_org], dtype=np.int64)
     count = int(np.bitwise_count(rows).sum())
     return Surface(zyx, codes, sp, m.shape, count, (lo, hi), grid, origin)
 
@@ -427,23 +424,27 @@ def _directed(a: Surface, b: Surface) -> _Directed:
     The surfels left over get theirs from a KD-tree (:func:`_nearest`). Either way the distance is the reference's
     arithmetic on the integer corner offset. Grid hits are counted per (distance, area) pair, the rest sorted."""
     srch = _search(a.spacing)
-    gz, gy, gw = b.grid.shape
+    # b's surfel bits over the box of a's corners grown by the search reach, zeros where b has none: every offset
+    # from every surfel of a stays on it (words align: grid origins in x are multiples of 64)
+    q_lo, q_hi = a.bbox[0] - srch.margin, a.bbox[1] + srch.margin  # a's corners lie in [bbox lo, bbox hi]
+    w_lo, w_hi = int(q_lo[2]) // 64, int(q_hi[2]) // 64
+    gy, gw = int(q_hi[1] - q_lo[1]) + 1, w_hi - w_lo + 1
+    box = np.zeros((int(q_hi[0] - q_lo[0]) + 1, gy, gw), dtype=np.uint64)
+    src = b.grid_origin // np.array([1, 1, 64])
+    lo = np.maximum([q_lo[0], q_lo[1], w_lo], src)
+    hi = np.minimum([q_hi[0] + 1, q_hi[1] + 1, w_hi + 1], src + b.grid.shape)
+    if np.all(hi > lo):
+        to, fr = lo - [q_lo[0], q_lo[1], w_lo], lo - src
+        n = hi - lo
+        box[to[0] : to[0] + n[0], to[1] : to[1] + n[1], to[2] : to[2] + n[2]] = b.grid[
+            fr[0] : fr[0] + n[0], fr[1] : fr[1] + n[1], fr[2] : fr[2] + n[2]
+        ]
     n_x = gw * 64
-    # the surfels of a within the search margin of b's surfels (then every offset stays on b's grid), and their
-    # index on it; a's bounding box is checked first, most often all of a is in
-    mz, my, mx = srch.margin
-    lo_a, hi_a = a.bbox[0] - b.grid_origin, a.bbox[1] - b.grid_origin  # a's corners lie in [lo, hi]
-    loc = (a.zyx[0] - b.grid_origin[0]) * (gy * n_x)
-    loc += (a.zyx[1] - b.grid_origin[1]) * n_x
-    loc += a.zyx[2] - b.grid_origin[2]  # bit index in b's grid
-    if np.all(lo_a >= srch.margin) and np.all(hi_a < np.array([gz - mz, gy - my, n_x - mx])):
-        idx = np.arange(len(a))
-    else:
-        dz, dy, dx = (a.zyx[i] - b.grid_origin[i] for i in range(3))
-        valid = (dz >= mz) & (dz < gz - mz) & (dy >= my) & (dy < gy - my) & (dx >= mx) & (dx < n_x - mx)
-        idx = np.flatnonzero(valid)
-        loc = np.compress(valid, loc)
-    lookup_u8 = np.unpackbits(b.grid.view(np.uint8), bitorder="little")  # b's surfel bits, one a byte
+    loc = (a.zyx[0] - q_lo[0]) * (gy * n_x)
+    loc += (a.zyx[1] - q_lo[1]) * n_x
+    loc += a.zyx[2] - 64 * w_lo  # bit index in the box
+    idx = np.arange(len(a))
+    lookup_u8 = np.unpackbits(box.view(np.uint8), bitorder="little")  # b's surfel bits, one a byte
     lookup = lookup_u8.view(bool)
     off = srch.offsets
     deltas = (off[:, 0] * gy + off[:, 1]) * n_x + off[:, 2]
