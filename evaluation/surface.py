@@ -222,8 +222,8 @@ class Surface:
         shape: ``(D, H, W)`` of the mask.
         count: voxels in the mask.
         bbox: the mask's bounding box ``(lo, hi)`` (voxel indices, ``hi`` exclusive), None when empty.
-        grid: uint64 ``(Gz, Gy, Gw)``, one bit per corner around the bounding box (grown by twice the search reach
-            of :func:`_search`): set where the corner is a surfel; bit ``x`` of row ``(z, y)`` is corner
+        grid: uint64 ``(Gz, Gy, Gw)``, one bit per corner of the bounding box (corners ``lo .. hi``, x from a
+            multiple of 64): set where the corner is a surfel; bit ``x`` of row ``(z, y)`` is corner
             ``grid_origin + (z, y, x)``.
         grid_origin: int64 ``(3,)``.
 
