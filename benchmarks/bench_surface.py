@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.ndimage as ndi
 
+from common.io import atomic_write_text
 from data_prep.constants import CLASSES
 from data_prep.layout import RLEVolumes, read_rle_table, shapes_manifest
 from data_prep.rle import rle_encode
@@ -167,12 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, v in table:
         print(f"| {key.ljust(width)} | {v} |")
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {key: v for key, v in table}
     payload.update({"cpu_count": os.cpu_count(), "seed": a.seed, "workers": a.workers})
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(payload, indent=1), overwrite=True)
     print(f"wrote {out}")
     return 0
 
