@@ -51,6 +51,7 @@ from evaluation.metric import (
     OBJECTIVES,
     CaseDayScore,
     ScoreResult,
+    TruthDistances,
     aggregate,
     hausdorff_distance,
     objective_scores,
@@ -546,6 +547,8 @@ class _Truth:
         self.packed = [np.packbits(masks[:, k].reshape(-1)) for k in range(c)]
         self.union = np.packbits(masks.any(axis=1).reshape(-1))
         self.surfaces: dict[int, Any] = {}
+        self.distances: dict[int, TruthDistances] = {}
+        self.distance_bytes = 0
         self.nbytes = sum(a.nbytes for a in self.packed) + self.union.nbytes + self.counts.nbytes
 
     def _unpack(self, packed: np.ndarray) -> np.ndarray:
@@ -746,13 +749,25 @@ class _Shard:
         mask = None
         if self.hausdorff == "per_class" and idx.size and truth.counts[:, k].any():
             mask = _dense(idx, tv.shape)
-            dist = hausdorff_distance(mask, tv)
+            dist = self._truth_distances(work, truth, k, tv).distance(mask, idx)
             self.stats["hausdorff"] += 1
         surface = None
         if self.objective != "competition":
             mask = _dense(idx, tv.shape) if mask is None else mask
             surface = self._surface(work, truth, k, mask, tv, int(inter.sum()), int(idx.size))
         return _ClassResult(inter.astype(np.int32), pred.astype(np.int32), dist, surface)
+
+    def _truth_distances(self, work: _CaseDayWork, truth: _Truth, k: int, tv: np.ndarray) -> TruthDistances:
+        """Class ``k``'s :class:`TruthDistances` (made once per case-day and class, kept with its truth)."""
+        td = truth.distances.get(k)
+        if td is None:
+            td = truth.distances[k] = TruthDistances(tv)
+        kept = self._truth.get(work.job.case_day) is truth
+        before = truth.distance_bytes
+        truth.distance_bytes = sum(d.nbytes for d in truth.distances.values())
+        if kept:  # counted in the budget with its truth
+            self.used += truth.distance_bytes - before
+        return td
 
     def _surface(
         self, work: _CaseDayWork, truth: _Truth, k: int, mask: np.ndarray, tv: np.ndarray, inter: int, pred: int

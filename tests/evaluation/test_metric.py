@@ -16,6 +16,7 @@ from data_prep.constants import CLASSES
 from data_prep.layout import RLEVolumes, read_rle_table, shapes_manifest
 from data_prep.rle import rle_encode
 from evaluation.metric import (
+    TruthDistances,
     dice_per_slice,
     hausdorff_distance,
     hausdorff_reference,
@@ -274,3 +275,33 @@ def test_ring_pruning_stays_exact(kind, seed):
     if p.any() and t.any():
         assert abs(hausdorff_distance(p, t) - hausdorff_reference(p, t)) < 1e-9
         assert abs(hausdorff_distance(t, p) - hausdorff_reference(t, p)) < 1e-9
+
+
+def test_truth_distances_reuse_equals_the_plain_distance():
+    # one truth, a series of predictions as a threshold search makes them (nested, then a far blob, then one
+    # seen before): the shared object gives hausdorff_distance's value each time and queries only new voxels
+    rng = np.random.default_rng(7)
+    f = ndi.gaussian_filter(rng.random((10, 32, 28)), sigma=(1.0, 2.5, 2.5))
+    truth = f > np.quantile(f, 0.85)
+    td = TruthDistances(truth)
+    preds = [f > np.quantile(f, q) for q in (0.9, 0.8, 0.7, 0.95)]
+    far = preds[1].copy()
+    lone = np.unravel_index(np.argmin(f), f.shape)  # the voxel least like the truth
+    assert not truth[lone] and not preds[1][lone]
+    far[lone] = far[9, 31, 27] = True
+    preds += [far, preds[1], truth]
+    seen = np.zeros(truth.shape, bool)
+    for p in preds:
+        assert td.distance(p, np.flatnonzero(p)) == pytest.approx(hausdorff_distance(p, truth), abs=1e-15)
+        assert td.distance(p) == pytest.approx(hausdorff_reference(p, truth), abs=1e-12)
+        seen |= p & ~truth
+        assert td._idx.tolist() == np.flatnonzero(seen).tolist()  # every predicted-only voxel queried once
+    # the lone voxel is kept with its distance to the nearest truth voxel, in normalised units
+    zyx = (np.argwhere(truth) - np.array(lone)) / np.array(truth.shape)
+    at = np.searchsorted(td._idx, np.ravel_multi_index(lone, truth.shape))
+    assert td._dist[at] == pytest.approx(np.sqrt((zyx**2).sum(axis=1)).min(), abs=1e-15)
+    assert td.distance(np.zeros_like(truth)) == 1.0
+    with pytest.raises(ValueError, match="non-empty"):
+        TruthDistances(np.zeros((2, 3, 4), bool))
+    with pytest.raises(ValueError, match="shape"):
+        td.distance(np.zeros((2, 3, 4), bool))
