@@ -19,6 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ensembles.search import DEFAULT_CACHE_MB
 from evaluation.metric import DEFAULT_EMPTY, DEFAULT_HAUSDORFF, EMPTY_CONVENTIONS, HAUSDORFF_VARIANTS, OBJECTIVES
 
 
@@ -45,6 +46,9 @@ def _metric_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+MANIFEST_HELP = "instead of --data-root: a CSV with id,width,height (and px_h,px_w in mm for the surface metrics)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m ensembles", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--work", default=None, help="folders: the WORK folder of the volumes (classes, geometry)")
     s.add_argument("--data-root", default=None, help="scan tree root: image sizes and slice order")
     s.add_argument("--split", default="train", help="sub-folder of --data-root (train or test)")
-    s.add_argument("--manifest", default=None, help="instead of --data-root: a CSV with id,width,height")
+    s.add_argument("--manifest", default=None, help=MANIFEST_HELP)
     s.add_argument("--out", default=None, help="JSON to write (a Markdown table goes beside it, .md)")
     s.add_argument("--per-case-day", type=int, default=20, help="case-day rows to print (all go to --out)")
     s.add_argument(
@@ -78,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="tuned spec YAML (report: {stem}_report.md/.csv)")
     r.add_argument("--data-root", default=None, help="scan tree (image sizes); default: from the .npy shapes")
     r.add_argument("--split", default="train")
-    r.add_argument("--manifest", default=None, help="instead of --data-root: a CSV with id,width,height")
+    r.add_argument("--manifest", default=None, help=MANIFEST_HELP)
     r.add_argument("--overwrite", action="store_true")
     r.add_argument(
         "--steps",
@@ -91,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="competition",
         help="what the search maximises: the competition score (default), the mean 3D DSC or the mean NSD at "
         "--tolerance (these two need each case-day's voxel spacing)",
+    )
+    r.add_argument(
+        "--cache-mb",
+        type=float,
+        default=None,
+        help="memory for what candidates share (decoded truth, fused maps), all workers together (default "
+        f"{DEFAULT_CACHE_MB:.0f}); what does not fit is recomputed when needed",
     )
     _metric_args(r)
     return ap
@@ -186,6 +197,7 @@ def _search(a: argparse.Namespace) -> int:
         work=a.work,
         objective=a.objective,
         tolerance=a.tolerance,
+        **({} if a.cache_mb is None else {"cache_mb": a.cache_mb}),
     )
     print(f"score {before.score:.5f} -> {after.score:.5f}; wrote {a.out}")
     return 0
