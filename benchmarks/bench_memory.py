@@ -14,7 +14,9 @@ RLE strings kept) should give the same peak for both; the table shows the differ
     python benchmarks/bench_memory.py [--case-days 2] [--factor 10] [--slices 32] [--size 128x128] [--device cpu]
                                       [--detector] [--scratch DIR] [--keep]
 
-Prints a table and writes ``benchmarks/results/bench_memory.json`` (``bench_memory_cuda.json`` with a CUDA device).
+On a CUDA device the child also reports its peak device memory (``torch.cuda.max_memory_allocated``), which must
+not grow either. Prints a table and writes ``benchmarks/results/bench_memory.json`` (``bench_memory_cuda.json`` with
+a CUDA device).
 """
 
 from __future__ import annotations
@@ -106,10 +108,27 @@ def make_tree(root: Path, template: Path, n: int) -> Path:
     return root
 
 
+#: Runs tools/infer.py as its ``__main__`` and, on CUDA, writes the peak device memory (MiB) to ``argv[1]``.
+CUDA_WRAPPER = """
+import runpy, sys, torch
+peak_file = sys.argv.pop(1)
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    open(peak_file, "w").write(str(torch.cuda.max_memory_allocated() / 2**20))
+"""
+
+
 def measure(root: Path, spec: Path, out: Path, device: str) -> dict[str, float]:
-    """Run tools/infer.py on ``root`` in a child process; its peak RSS (MiB) and wall time (s)."""
-    cmd = [sys.executable, str(REPO / "tools" / "infer.py"), "--data-root", str(root), "--spec", str(spec),
-           "--root", str(REPO), "--out", str(out), "--device", device, "--no-progress", "--overwrite"]  # fmt: skip
+    """Run tools/infer.py on ``root`` in a child process; its peak RSS (MiB), wall time (s) and, on CUDA, its peak
+    device memory (MiB, ``torch.cuda.max_memory_allocated``)."""
+    args = ["--data-root", str(root), "--spec", str(spec), "--root", str(REPO), "--out", str(out), "--device", device,
+            "--no-progress", "--overwrite"]  # fmt: skip
+    cmd = [sys.executable, str(REPO / "tools" / "infer.py"), *args]
+    peak_file = out.with_suffix(".peak")
+    if device.startswith("cuda"):
+        cmd = [sys.executable, "-c", CUDA_WRAPPER, str(peak_file), str(REPO / "tools" / "infer.py"), *args]
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     t0 = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
@@ -119,7 +138,10 @@ def measure(root: Path, spec: Path, out: Path, device: str) -> dict[str, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"tools/infer.py failed ({proc.returncode}); see {out.with_suffix('.log')}")
-    return {"peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall}
+    res = {"peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall}
+    if device.startswith("cuda"):
+        res["peak_device_mib"] = float(peak_file.read_text())
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"case_days": n, "slices": n * a.slices, **m, "s_per_case_day": m["wall_s"] / n})
         small, large = rows
         ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
+        device_ratio = large["peak_device_mib"] / small["peak_device_mib"] if "peak_device_mib" in small else None
         result = {
             "benchmark": "bench_memory",
             "what": "peak RSS of tools/infer.py (tiny models of every kind) on test trees of N and FACTOR*N case-days",
@@ -166,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "peak_ratio": ratio,
             "peak_growth_mib": large["peak_rss_mib"] - small["peak_rss_mib"],
-            "independent_of_size": bool(ratio <= 1 + TOLERANCE),
+            "peak_device_ratio": device_ratio,
+            "independent_of_size": bool(ratio <= 1 + TOLERANCE and (device_ratio or 1.0) <= 1 + TOLERANCE),
             "tolerance": TOLERANCE,
             "platform": platform.platform(),
             "python": sys.version.split()[0],
@@ -181,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['case_days']:>9} | {r['slices']:>6} | {r['peak_rss_mib']:>12.1f} | {r['wall_s']:>7.1f} | "
               f"{r['s_per_case_day']:>12.2f} |")  # fmt: skip
+    if device_ratio is not None:
+        print(f"\npeak device memory {small['peak_device_mib']:.0f} vs {large['peak_device_mib']:.0f} MiB "
+              f"(ratio {device_ratio:.3f})")  # fmt: skip
     print(f"\npeak ratio {ratio:.3f} ({result['peak_growth_mib']:+.1f} MiB for {a.factor}x the case-days): "
           f"{'independent of the tree size' if result['independent_of_size'] else 'GROWS with the tree size'} "
           f"(tolerance {TOLERANCE:.0%})")  # fmt: skip

@@ -22,6 +22,16 @@ from data_prep.constants import NUM_CLASSES
 from data_prep.dataset import pack_masks, unpack_masks
 
 
+def check_stack(stride: int, channels: int, depth: int, depth_name: str = "depth") -> None:
+    """ValueError unless ``channels`` is odd and >= 1, ``stride >= 1`` and the volume has slices (``depth >= 1``)."""
+    if channels < 1 or channels % 2 == 0:
+        raise ValueError(f"channels must be odd and >= 1, got {channels}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if depth < 1:
+        raise ValueError(f"{depth_name} must be >= 1, got {depth}")
+
+
 def stack_indices(z: int, depth: int, stride: int = 2, channels: int = 3) -> np.ndarray:
     """Slice indices of the 2.5D stack centred on slice ``z``, clamped to ``[0, depth - 1]``.
 
@@ -37,12 +47,7 @@ def stack_indices(z: int, depth: int, stride: int = 2, channels: int = 3) -> np.
     >>> stack_indices(9, 10, stride=1, channels=5).tolist()
     [7, 8, 9, 9, 9]
     """
-    if channels < 1 or channels % 2 == 0:
-        raise ValueError(f"channels must be odd and >= 1, got {channels}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+    check_stack(stride, channels, depth)
     if not 0 <= z < depth:
         raise ValueError(f"z must be in [0, {depth - 1}] for a volume of {depth} slices, got {z}")
     k = channels // 2

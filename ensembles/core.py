@@ -333,24 +333,48 @@ def fuse_models(maps: Iterable[ModelMap], weight_2d: float, weight_3d: float) ->
     Raises:
         ValueError: unknown kind, negative weight, shapes that differ, NaN in a map (named).
     """
+    maps = list(maps)
+    shares = model_shares([(m.name, m.kind, m.weight) for m in maps], weight_2d, weight_3d)
+    fused = WeightedMean()
+    for m in maps:
+        if shares.get(m.name, 0.0) > 0:
+            fused.add(m.load(), shares[m.name], m.name)
+    return fused.result() if fused.weight > 0 else None
+
+
+def model_shares(models: Iterable[tuple[str, str, float]], weight_2d: float, weight_3d: float) -> dict[str, float]:
+    """Each segmenter's share of the fused map (the weights of :func:`fuse_models`; the inference engine
+    accumulates with them).
+
+    Args:
+        models: ``(name, kind, weight)`` per model (kind ``2.5d`` or ``3d``; names unique).
+        weight_2d, weight_3d: the groups' weights.
+
+    Returns:
+        ``{name: share}`` for the models that count (share > 0); the shares sum to 1 (empty: nothing counts).
+
+    Raises:
+        ValueError: unknown kind, negative or non-finite weight (named).
+
+    >>> shares = model_shares([("a", "2.5d", 1.0), ("b", "2.5d", 3.0), ("c", "3d", 1.0)], 0.6, 0.4)
+    >>> {k: round(v, 6) for k, v in shares.items()}
+    {'a': 0.15, 'b': 0.45, 'c': 0.4}
+    """
     group_w = {"2.5d": float(weight_2d), "3d": float(weight_3d)}
     for g, w in group_w.items():
         if not (np.isfinite(w) and w >= 0):
             raise ValueError(f"the {g} group: weight must be finite and >= 0, got {w}")
-    maps = list(maps)
-    for m in maps:
-        if m.kind not in group_w:
-            raise ValueError(f"model {m.name!r}: kind {m.kind!r} is not a fusion group {GROUPS}")
-        if not (np.isfinite(m.weight) and m.weight >= 0):
-            raise ValueError(f"model {m.name!r}: weight must be finite and >= 0, got {m.weight}")
-    # each model's share of the whole: its weight within its group times its group's share of the present groups
-    within = {g: sum(m.weight for m in maps if m.kind == g) for g in GROUPS}
+    models = [(str(n), str(k), float(w)) for n, k, w in models]
+    for name, kind, w in models:
+        if kind not in group_w:
+            raise ValueError(f"model {name!r}: kind {kind!r} is not a fusion group {GROUPS}")
+        if not (np.isfinite(w) and w >= 0):
+            raise ValueError(f"model {name!r}: weight must be finite and >= 0, got {w}")
+    # a model's share: its weight within its group times its group's share of the present groups
+    within = {g: sum(w for _, k, w in models if k == g) for g in GROUPS}
     present = {g: group_w[g] for g in GROUPS if within[g] > 0 and group_w[g] > 0}
-    fused = WeightedMean()
-    for m in maps:
-        if m.weight > 0 and m.kind in present:
-            fused.add(m.load(), present[m.kind] / sum(present.values()) * m.weight / within[m.kind], m.name)
-    return fused.result() if fused.weight > 0 else None
+    total = sum(present.values())
+    return {n: present[k] / total * w / within[k] for n, k, w in models if w > 0 and k in present}
 
 
 def gate_keep(

@@ -10,7 +10,8 @@ A spec is a YAML file (``ensembles/configs/*.yaml``)::
         role: segment                 # 2.5d only: segment (fused) | gate (the U-Net-count gate)
         config: mmcfg/unet/...py      # model config (detector: none)
         checkpoints: work_dirs/.../fold_{fold}/best.pth   # a template over folds, or a list (one per fold)
-        tta: [hflip]
+        tta: [hflip]                  # 2.5d: hflip, vflip, rot90, rot180, rot270; 3d: flip, ...
+        planes: [axial]               # 2.5d: axial, coronal, sagittal (the planes' maps averaged)
         weight: 0.2                   # weight inside its group (2.5d or 3d); normalised
     gate: {method: unet_count, pixel_thr: 0.6, min_pixels: 12}   # or classifier (thresholds, smooth,
                                                                    # min_consecutive) or none
@@ -48,6 +49,10 @@ KINDS: tuple[str, ...] = ("2.5d", "3d", "classifier", "detector")
 ROLES: tuple[str, ...] = ("segment", "gate")
 GATE_METHODS: tuple[str, ...] = ("none", "classifier", "unet_count")
 COMPONENT_MODES: tuple[str, ...] = ("2d", "3d")
+#: The planes a 2.5D model can be applied along (``planes`` of a model).
+PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
+#: The 2.5D TTA names (tensor ops on the input batch: flips along width / height, rotations by k x 90 degrees).
+TTA_25D: tuple[str, ...] = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
 #: The table of known keys and their defaults, per section.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -70,6 +75,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "checkpoints": None,
         "folds": None,
         "tta": [],
+        "planes": ["axial"],
         "weight": 1.0,
         "options": {},
     },
@@ -171,6 +177,7 @@ class ModelSpec:
     tta: list[str] = field(default_factory=list)
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
+    planes: list[str] = field(default_factory=lambda: ["axial"])
     folds: list[int] = field(default_factory=list)
     checkpoints_raw: Any = None
     config_raw: Any = None
@@ -269,6 +276,8 @@ class Spec:
                 d["folds"] = m.folds
             if m.tta:
                 d["tta"] = list(m.tta)
+            if m.planes != ["axial"]:
+                d["planes"] = list(m.planes)
             d["weight"] = float(m.weight)
             if m.options:
                 d["options"] = m.options
@@ -322,6 +331,17 @@ def _model(raw: Any, i: int, default_folds: list[int], root: Path, where: str) -
     tta = d["tta"] or []
     if isinstance(tta, str):
         tta = [tta]
+    if kind == "2.5d":
+        bad = [t for t in tta if t not in TTA_25D]
+        if bad:
+            raise SpecError(f"{at}: unknown 2.5d tta {bad}; choose from {list(TTA_25D)}")
+    planes = d["planes"] or ["axial"]
+    if isinstance(planes, str):
+        planes = [planes]
+    if not isinstance(planes, list) or any(p not in PLANES for p in planes) or len(set(planes)) != len(planes):
+        raise SpecError(f"{at}: planes must be a list of distinct names of {list(PLANES)}, got {d['planes']!r}")
+    if planes != ["axial"] and kind != "2.5d":
+        raise SpecError(f"{at}: planes are for 2.5d models, not {kind}")
     try:
         weight = float(d["weight"])
     except (TypeError, ValueError):
@@ -335,6 +355,7 @@ def _model(raw: Any, i: int, default_folds: list[int], root: Path, where: str) -
         config=_resolve(d["config"], root) if d["config"] else None,
         checkpoints=[_resolve(p, root) for p in paths],
         tta=[str(t) for t in tta],
+        planes=[str(p) for p in planes],
         weight=weight,
         options=dict(d["options"] or {}),
         folds=list(folds),

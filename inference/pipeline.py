@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from common.io import atomic_write_text
 from common.probmaps import ProbWriter, check_probs
@@ -40,6 +41,8 @@ from ensembles.spec import ModelSpec, Spec
 from evaluation.predictions import PredictionIndex, index_meta, prediction_format
 from gating.classifier import SliceClassifier
 from gating.crop import Detector
+from inference.engine import Engine, EngineModel
+from inference.overlap import Background, prefetch
 from inference.predict import load_channels, volume_spacing
 from inference.submission import encode_rows, order_rows, read_sample
 from segmenters.mm.inference import Segmenter
@@ -124,35 +127,24 @@ def check_model_classes(models: Sequence[LoadedModel], classes: Sequence[str]) -
 # one case-day
 
 
-def _checked(arr: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
-    a = np.asarray(arr, dtype=np.float32)
-    if a.shape != shape:
-        raise ValueError(f"{where}: returned shape {a.shape}, expected {shape}")
-    check_probs(a, where)
-    return a
-
-
-def _model_mean(lm: LoadedModel, call: Callable[[Any], Any], shape: tuple[int, ...], case_day: str) -> np.ndarray:
-    """Mean over the folds of one model (each output checked for shape and NaN, naming the checkpoint); a running
-    mean, so memory holds two maps whatever the number of folds."""
-    acc = core.WeightedMean()
-    for ck, p in lm.folds:
-        where = f"model {lm.spec.name!r} ({ck}) on {case_day}"
-        acc.add(_checked(call(p), shape, where), 1.0, where)
-    return acc.result()
-
-
 def _group_mean(
     models: Sequence[LoadedModel], call: Callable[[LoadedModel, Any], Any], shape: tuple[int, ...], case_day: str
 ) -> np.ndarray:
-    """Weighted mean over models (weights normalised) of their fold means, accumulated model by model."""
-    core.normalise_weights(
+    """Weighted mean over models (weights normalised) of their fold means (the classifiers' presence
+    probabilities), each output checked for shape and NaN, naming the checkpoint."""
+    weights = core.normalise_weights(
         [lm.spec.weight for lm in models], len(models), "weights of " + ", ".join(lm.spec.name for lm in models)
     )
-    acc = core.WeightedMean()
-    for lm in models:
-        acc.add(_model_mean(lm, lambda p, lm=lm: call(lm, p), shape, case_day), lm.spec.weight, lm.spec.name)
-    return acc.result()
+    out = np.zeros(shape, np.float32)
+    for lm, w in zip(models, weights):
+        for ck, p in lm.folds:
+            a = np.asarray(call(lm, p), dtype=np.float32)
+            where = f"model {lm.spec.name!r} ({ck}) on {case_day}"
+            if a.shape != shape:
+                raise ValueError(f"{where}: returned shape {a.shape}, expected {shape}")
+            check_probs(a, where)
+            out += np.float32(w / len(lm.folds)) * a
+    return out
 
 
 @dataclass
@@ -165,6 +157,51 @@ class CaseDayResult:
     boxes: np.ndarray | None  # int (D, 4)
 
 
+def model_device(models: Sequence[LoadedModel], default: str = "cpu") -> torch.device:
+    """The device the loaded segmenters run on (their ``device``), else ``default``."""
+    for lm in models:
+        for _, p in lm.folds:
+            dev = getattr(p, "device", None)
+            if isinstance(dev, torch.device | str):
+                return torch.device(dev)
+    return torch.device(default)
+
+
+def make_engine(
+    spec: Spec,
+    models: Sequence[LoadedModel],
+    batch_size: int | None = None,
+    exclusive_classes: bool = False,
+    device: str | torch.device | None = None,
+) -> Engine:
+    """The :class:`inference.engine.Engine` of a loaded spec (segmenters and gate U-Nets; the detector and the
+    classifiers stay with :func:`predict_case_day`)."""
+    members = [
+        EngineModel(
+            lm.spec.name,
+            lm.spec.kind,
+            lm.spec.role,
+            lm.spec.weight,
+            tuple(lm.spec.tta),
+            tuple(lm.spec.planes),
+            [p for _, p in lm.folds],
+            [str(ck) for ck, _ in lm.folds],
+        )
+        for lm in models
+        if lm.spec.kind in core.GROUPS
+    ]
+    return Engine(
+        members,
+        spec.gate,
+        spec.fusion,
+        spec.thresholds,
+        spec.post,
+        device if device is not None else model_device(models),
+        batch_size or spec.batch_size,
+        exclusive_classes,
+    )
+
+
 def predict_case_day(
     spec: Spec,
     models: Sequence[LoadedModel],
@@ -173,6 +210,7 @@ def predict_case_day(
     batch_size: int | None = None,
     case_day: str = "",
     exclusive_classes: bool = False,
+    engine: Engine | None = None,
 ) -> CaseDayResult:
     """Run the whole ensemble on one case-day (volume).
 
@@ -180,10 +218,12 @@ def predict_case_day(
         spec: the validated spec, for the data's classes (``C = len(spec.classes)``).
         models: :func:`load_models` output for ``spec``.
         volume: uint16 ``(D, H, W)``, or ``(K, D, H, W)`` for ``K`` image channels; z in manifest order.
-        spacing: ``(sy, sx)`` mm (Kaggle) or ``(sz, sy, sx)`` mm, for 3D models that resample.
+        spacing: ``(sy, sx)`` mm (Kaggle) or ``(sz, sy, sx)`` mm, for 3D models that resample and other planes.
         batch_size: slices per forward pass (default: the spec's).
         case_day: named in errors and logs.
         exclusive_classes: one class per pixel (the dataset's ``label_kind`` is ``exclusive``).
+        engine: the :func:`make_engine` of ``spec`` and ``models`` (made here when None; a run over many case-days
+            makes it once).
 
     Returns:
         A :class:`CaseDayResult`.
@@ -193,7 +233,6 @@ def predict_case_day(
         raise ValueError(f"{case_day}: volume must be (D, H, W) or (K, D, H, W), got shape {volume.shape}")
     d, h, w = volume.shape[-3:]
     c = len(spec.classes)
-    shape = (d, c, h, w)
     by = {lm.spec.name: lm for lm in models}
 
     # crop boxes: the union of the folds' boxes
@@ -214,46 +253,12 @@ def predict_case_day(
                     )
                 )
 
-    # gate
     cls_probs = None
     if spec.gate["method"] == "classifier":
         classifiers = [by[m.name] for m in spec.by_kind("classifier")]
         cls_probs = _group_mean(classifiers, lambda lm, p: p.predict_volume(volume, bs), (d, c), case_day)
-    gate_unets = [by[m.name] for m in spec.by_kind("2.5d", role="gate") if m.name in by]
-    keep = core.gate_keep(
-        spec.gate,
-        (d, c),
-        cls_probs=cls_probs,
-        gate_probs=lambda: _group_mean(
-            gate_unets,
-            lambda lm, p: p.predict_volume(volume, keep=None, boxes=boxes, tta=tuple(lm.spec.tta), batch_size=bs),
-            shape,
-            case_day,
-        ),
-    )
-    slice_keep = keep.any(axis=1)
-
-    def run_25d(lm: LoadedModel) -> np.ndarray:
-        if not slice_keep.any():  # the gate dropped every slice: nothing to run
-            return np.zeros(shape, np.float32)
-        return _model_mean(
-            lm,
-            lambda p: p.predict_volume(volume, keep=slice_keep, boxes=boxes, tta=tuple(lm.spec.tta), batch_size=bs),
-            shape,
-            case_day,
-        )
-
-    def run_3d(lm: LoadedModel) -> np.ndarray:
-        return _model_mean(lm, lambda p: p.predict_volume(volume, spacing, tta=tuple(lm.spec.tta)), shape, case_day)
-
-    maps = [
-        core.ModelMap(
-            lm.spec.name, lm.spec.kind, lm.spec.weight, partial(run_25d if lm.spec.kind == "2.5d" else run_3d, lm)
-        )
-        for lm in models
-        if lm.spec.role == "segment" and lm.spec.kind in core.GROUPS
-    ]
-    probs, masks = core.ensemble(maps, shape, spec.fusion, keep, spec.thresholds, spec.post, exclusive_classes)
+    engine = engine or make_engine(spec, models, bs, exclusive_classes)
+    probs, keep, masks = engine.predict(volume, spacing, c, case_day, boxes=boxes, cls_probs=cls_probs)
     return CaseDayResult(probs, keep, masks, boxes)
 
 
@@ -287,8 +292,8 @@ Item = tuple[str, list[str], Callable[[], np.ndarray], tuple[float, ...]]
 
 
 class _Outputs:
-    """What every run writes besides its predictions: ``--save-probs`` (fused probabilities and ``keep.csv``) and
-    overlay pictures."""
+    """What every run writes besides its predictions: ``--save-probs`` (fused probabilities, and ``keep.csv``
+    assembled from the per-case-day ``keep`` parts, so that it survives a resume) and overlay pictures."""
 
     def __init__(
         self,
@@ -298,6 +303,7 @@ class _Outputs:
         overlays: int,
         overlay_dir: Path,
         overwrite: bool,
+        parts: Any = None,
     ) -> None:
         self.classes, self.save_probs, self.overlays, self.overlay_dir = (
             list(classes),
@@ -305,6 +311,7 @@ class _Outputs:
             overlays,
             overlay_dir,
         )
+        self.parts = parts  # inference.parts.PartStore: the keep rows of each case-day go there
         self.writer = None
         if save_probs:
             meta = {"kind": "ensemble", "config": spec.source, "checkpoint": None, "fold": None, "tta": []}
@@ -315,7 +322,13 @@ class _Outputs:
     def add(self, key: str, ids: list[str], volume: np.ndarray, res: CaseDayResult) -> None:
         if self.writer is not None:
             self.writer.add(key, ids, res.probs)
-            self.keep_rows.extend((sid, *map(int, k)) for sid, k in zip(ids, res.keep))
+            rows = [(sid, *map(int, k)) for sid, k in zip(ids, res.keep)]
+            if self.parts is not None:
+                from inference.parts import KEEP
+
+                self.parts.write(key, rows, ["id", *self.classes], table=KEEP)
+            else:
+                self.keep_rows.extend(rows)
         if self.n_over < self.overlays:
             z = int(np.argmax(res.masks.sum(axis=(1, 2, 3))))
             image = volume[0, z] if volume.ndim == 4 else volume[z]
@@ -325,29 +338,96 @@ class _Outputs:
             )
             self.n_over += 1
 
-    def finish(self) -> None:
-        if self.writer is not None:
-            self.writer.finish()
+    def finish(self, keys: Sequence[str] | None = None) -> None:
+        """Write ``meta.json`` of the probabilities (listing ``keys``, from their keep parts: the processes of
+        ``--num-parts`` each listed only their own) and ``keep.csv`` in ``keys`` order."""
+        if self.writer is None:
+            return
+        if self.parts is not None and keys is not None:
+            from inference.parts import KEEP
+
+            kdf = self.parts.assemble(keys, KEEP)
+            for key in keys:
+                self.writer.case_days[key] = self.parts.read(key, KEEP)["id"].tolist()
+        else:
             kdf = pd.DataFrame(self.keep_rows, columns=["id", *self.classes])
-            atomic_write_text(Path(self.save_probs) / "keep.csv", kdf.to_csv(index=False))
+        self.writer.finish()
+        atomic_write_text(Path(self.save_probs) / "keep.csv", kdf.to_csv(index=False, lineterminator="\n"))
+
+
+def _read_item(item: Item) -> np.ndarray:
+    """The volume of an :data:`Item`, read into memory (a memmap is read here, in the loader thread)."""
+    v = item[2]()
+    return np.array(v) if isinstance(v, np.memmap) else np.asarray(v)
 
 
 def _run(
     spec: Spec,
-    models: Sequence[LoadedModel],
-    items: Iterable[Item],
-    batch_size: int | None,
+    keys: Sequence[str],
+    items: Callable[[Sequence[str]], Iterable[Item]],
+    out: Path,
+    store_meta: dict[str, Any],
+    write_result: Callable[[Any, str, list[str], CaseDayResult], None],
+    *,
+    classes: Sequence[str],
     exclusive_classes: bool,
-    outputs: _Outputs,
-    on_result: Callable[[str, list[str], CaseDayResult], None],
-) -> None:
-    """Predict each item with the ensemble and hand the result to ``on_result`` and ``outputs``."""
-    for key, ids, load, spacing in items:
-        volume = load()
-        res = predict_case_day(spec, models, volume, spacing, batch_size, key, exclusive_classes)
-        on_result(key, ids, res)
-        outputs.add(key, ids, volume, res)
-    outputs.finish()
+    batch_size: int | None,
+    device: str,
+    loaders: dict[str, Callable] | None,
+    save_probs: str | os.PathLike | None,
+    overlays: int,
+    overwrite: bool,
+    parts: Any,
+    extra_done: Callable[[Any, str], bool] | None = None,
+) -> tuple[Any, _Outputs, list[str], list[str]]:
+    """Predict this process's share of ``keys`` (:class:`inference.parts.PartPlan`) that the parts folder does not
+    hold yet, one case-day at a time: ``write_result(store, key, ids, result)`` writes its part as soon as it is
+    predicted. No model is loaded when nothing is left (or for ``--merge``).
+
+    Returns:
+        ``(store, outputs, missing, predicted)``: the :class:`inference.parts.PartStore`, the ``--save-probs`` and
+        overlay writer (not finished), the case-days of ``keys`` still without a part after this run, and those
+        this run predicted (in ``keys`` order).
+    """
+    from inference.parts import KEEP, ROWS, PartStore
+
+    mine = parts.mine(keys)
+    single = parts.num_parts == 1
+    tables = (ROWS, KEEP) if save_probs else (ROWS,)
+    wipe = overwrite and not parts.merge
+    store = PartStore(parts.folder(out), store_meta, tables, overwrite=wipe, clear_keys=None if single else mine)
+
+    def done(k: str) -> bool:
+        return store.done(k) and (extra_done is None or extra_done(store, k))
+
+    todo = [] if parts.merge else [k for k in mine if not done(k)]
+    if len(todo) < len(mine):
+        logger.info(
+            "%d of %d case-day(s) already predicted in %s (skipped)", len(mine) - len(todo), len(mine), store.folder
+        )
+    overlay_dir = out.with_name(out.stem + "_overlays")
+    outputs = _Outputs(spec, classes, save_probs, overlays, overlay_dir, wipe and single, store)
+    if todo:
+        models = load_models(spec, device, loaders)
+        check_model_classes(models, classes)
+        engine = make_engine(spec, models, batch_size or spec.batch_size, exclusive_classes)  # once per run
+
+        def save(key: str, ids: list[str], volume: np.ndarray, res: CaseDayResult) -> None:
+            outputs.add(key, ids, volume, res)
+            write_result(store, key, ids, res)
+
+        # the next case-day is read while this one computes; its results are encoded and written while the next
+        # one computes (a part is whole or absent: a kill loses at most the case-days in flight)
+        with Background(depth=2) as writer:
+            for (key, ids, _, spacing), volume in prefetch(items(todo), _read_item):
+                res = predict_case_day(spec, models, volume, spacing, batch_size, key, exclusive_classes, engine)
+                writer.submit(save, key, ids, volume, res)
+    missing = [k for k in keys if not done(k)]
+    if missing and parts.merge:
+        from inference.parts import missing_message
+
+        raise ValueError(missing_message(store.folder, missing, len(keys)))
+    return store, outputs, missing, todo
 
 
 def infer(
@@ -366,8 +446,13 @@ def infer(
     progress: Callable[[Iterable], Iterable] | None = None,
     skip_empty: bool = False,
     work: str | os.PathLike | None = None,
+    parts: Any = None,
 ) -> pd.DataFrame:
     """Predict a Kaggle test tree (``data_root``) or a prepared WORK folder (``work``) with the ensemble ``spec``.
+
+    Each case-day's result is written, as soon as it is predicted, to a parts folder (``{out}.parts/`` unless
+    ``parts.parts_dir``; :mod:`inference.parts`); a rerun predicts only the case-days without a part, and the final
+    output is assembled from the parts (byte-identical to an uninterrupted run's).
 
     Args:
         data_root: folder holding ``{split}/`` (and usually ``sample_submission.csv``); None with ``work``.
@@ -384,26 +469,45 @@ def infer(
         overlays: number of overlay PNGs (one per case-day, its slice with the largest predicted area) written
             beside ``out`` in ``{out stem}_overlays/``.
         device: torch device for the models.
-        overwrite: replace an existing ``out`` (a folder: predict every volume again).
+        overwrite: replace an existing ``out`` and start over (the parts of this process's case-days are removed;
+            a folder: predict every volume again).
         loaders: overrides of :data:`LOADERS` (tests).
         progress: wrapper of the case-day iterator (``tqdm``).
         skip_empty: skip case-day folders whose ``scans/`` holds no scan (counted in the log) instead of
             refusing the tree.
         work: a prepared WORK folder to predict instead of ``data_root`` (:func:`infer_work`).
+        parts: an :class:`inference.parts.PartPlan` (``--num-parts``, ``--part-id``, ``--parts-dir``,
+            ``--merge``); default: one process predicts every case-day.
 
     Returns:
-        The submission DataFrame (``id, class, predicted``); for a folder of volumes, ``key, path, skipped``.
+        The submission DataFrame (``id, class, predicted``); for a folder of volumes, ``key, path, skipped``. A
+        process that ends while other parts are missing writes no output and returns no rows, with ``attrs``
+        ``missing`` (case-days) and ``predicted`` (:func:`inference.parts.pending`).
 
     Raises:
         FileExistsError, FileNotFoundError (missing checkpoint, tree), ValueError (bad tree, sample ids absent
-        from the tree, NaN in a probability map, classes of the spec or a model that differ from the data's), each
-        naming the file.
+        from the tree, NaN in a probability map, classes of the spec or a model that differ from the data's, a
+        parts folder of another spec, ``--merge`` with case-days missing), each naming the file.
     """
+    from inference.parts import PartPlan, file_digest, pending, spec_digest
+
+    parts = parts or PartPlan()
     if work is not None:
         if data_root is not None:
             raise ValueError(f"give a Kaggle tree (--data-root {data_root}) or a WORK folder (--work {work}), not both")
         return infer_work(
-            work, spec, out, sample_submission, batch_size, save_probs, overlays, device, overwrite, loaders, progress
+            work,
+            spec,
+            out,
+            sample_submission,
+            batch_size,
+            save_probs,
+            overlays,
+            device,
+            overwrite,
+            loaders,
+            progress,
+            parts=parts,
         )
     if data_root is None:
         raise ValueError("give a Kaggle tree (--data-root) or a prepared WORK folder (--work)")
@@ -427,13 +531,11 @@ def infer(
         raise FileNotFoundError(f"sample submission {sample_path} not found")
     sample = read_sample(sample_path)
     _check_sample(sample, set(manifest["id"]), sample_path, root / split)
-    models = load_models(spec, device, loaders)
-    check_model_classes(models, KAGGLE.classes)
     case_days = list(dict.fromkeys(manifest["case_day"]))  # manifest order: case, day (numeric)
     pool = ThreadPoolExecutor(max_workers=workers) if workers and workers > 0 else None
 
-    def items() -> Iterable[Item]:
-        it: Iterable[str] = progress(case_days) if progress else case_days
+    def items(keys: Sequence[str]) -> Iterable[Item]:
+        it: Iterable[str] = progress(keys) if progress else keys
         for cd in it:
             g = manifest[manifest["case_day"] == cd]
             h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
@@ -443,22 +545,38 @@ def infer(
             spacing = (float(g["px_h"].iloc[0]), float(g["px_w"].iloc[0]))
             yield cd, g["id"].tolist(), partial(_read_volume, paths, (h, w), pool), spacing
 
-    rows: list[tuple[str, str, str]] = []
-    outputs = _Outputs(spec, KAGGLE.classes, save_probs, overlays, out.with_name(out.stem + "_overlays"), overwrite)
+    meta = {
+        "output": "submission",
+        "spec": spec_digest(spec),
+        "classes": list(KAGGLE.classes),
+        "sample": file_digest(sample_path),
+    }
+    columns = ["id", "class", "predicted"]
     try:
-        _run(
+        store, outputs, missing, predicted = _run(
             spec,
-            models,
-            items(),
-            batch_size,
-            False,
-            outputs,
-            lambda cd, ids, res: rows.extend(encode_rows(ids, res.masks)),
+            case_days,
+            items,
+            out,
+            meta,
+            lambda st, cd, ids, res: st.write(cd, encode_rows(ids, res.masks), columns),
+            classes=KAGGLE.classes,
+            exclusive_classes=False,
+            batch_size=batch_size,
+            device=device,
+            loaders=loaders,
+            save_probs=save_probs,
+            overlays=overlays,
+            overwrite=overwrite,
+            parts=parts,
         )
     finally:
         if pool is not None:
             pool.shutdown()
-    return _write_submission(rows, sample, str(sample_path), out, len(case_days))
+    if missing or not parts.finish:
+        return pending(columns, missing, predicted, store.folder)
+    outputs.finish(case_days)
+    return _write_submission(store, case_days, sample, str(sample_path), out)
 
 
 def _check_sample(sample: pd.DataFrame | None, ids: set[str], sample_path: Path, where: Path) -> None:
@@ -473,11 +591,14 @@ def _check_sample(sample: pd.DataFrame | None, ids: set[str], sample_path: Path,
 
 
 def _write_submission(
-    rows: list[tuple[str, str, str]], sample: pd.DataFrame | None, source: str, out: Path, n_case_days: int
+    store: Any, keys: Sequence[str], sample: pd.DataFrame | None, source: str, out: Path
 ) -> pd.DataFrame:
-    sub = order_rows(pd.DataFrame(rows, columns=["id", "class", "predicted"]), sample, source)
+    """The submission from the parts of ``keys`` (``store``: :class:`inference.parts.PartStore`), in ``keys``
+    order, then in ``sample`` order when given (:func:`inference.submission.order_rows`); written atomically."""
+    rows = store.assemble(keys)
+    sub = order_rows(rows.reindex(columns=["id", "class", "predicted"]), sample, source)
     atomic_write_text(out, sub.to_csv(index=False, lineterminator="\n"), overwrite=True)
-    logger.info("wrote %s: %d rows, %d case-days", out, len(sub), n_case_days)
+    logger.info("wrote %s: %d rows, %d case-days", out, len(sub), len(keys))
     return sub
 
 
@@ -497,31 +618,41 @@ def infer_work(
     overwrite: bool = False,
     loaders: dict[str, Callable] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    parts: Any = None,
 ) -> pd.DataFrame:
     """Predict every volume of a prepared WORK folder (``python -m data_prep prepare``, any format) and write the
     predictions in the input's format.
 
     The models get every image channel (:func:`inference.predict.load_channels`: ``(D, H, W)`` or
     ``(K, D, H, W)``) and the spacing of :func:`inference.predict.volume_spacing`; the classes and the label kind
-    come from ``WORK/dataset.json`` (exclusive classes: one class per pixel).
+    come from ``WORK/dataset.json`` (exclusive classes: one class per pixel). Each volume's result is recorded in
+    the parts folder (``{out}.parts/``, :mod:`inference.parts`) as soon as it is written: a rerun, or another
+    ``--part-id``, predicts only the volumes without one.
 
     Args:
         work: the WORK folder.
         spec: the ensemble spec (taken for the WORK's classes: :meth:`ensembles.spec.Spec.for_classes`).
         out: a Kaggle WORK: the submission CSV (as :func:`infer` writes it from a tree; rows in
-            ``sample_submission`` order when given, else manifest order); any other format: the output folder.
-        overwrite: a CSV: replace it; a folder: predict every volume again (else the volumes ``predictions.json``
-            lists are skipped: an interrupted run resumes).
+            ``sample_submission`` order when given, else manifest order); any other format: the output folder
+            (its ``predictions.json`` is written by the process that finds every volume done).
+        overwrite: a CSV: replace it; a folder: predict every volume again (else the volumes done are skipped:
+            an interrupted run resumes).
+        parts: an :class:`inference.parts.PartPlan` (default: one process, every volume).
         Others: as :func:`infer`.
 
     Returns:
-        The submission (Kaggle), or a DataFrame ``key, path, skipped`` (one row per volume).
+        The submission (Kaggle), or a DataFrame ``key, path, skipped`` (one row per volume); no rows while other
+        parts are missing (:func:`inference.parts.pending`).
 
     Raises:
         FileNotFoundError: WORK not prepared, a missing checkpoint or channel file. FileExistsError: ``out`` exists
             (a CSV) or holds other files (a folder), without ``overwrite``. ValueError: classes of the spec or a
-            model that differ from the WORK's, no writer for the format.
+            model that differ from the WORK's, no writer for the format, a parts folder of another run, ``--merge``
+            with volumes missing.
     """
+    from inference.parts import PartPlan, file_digest, pending, spec_digest
+
+    parts = parts or PartPlan()
     work = check_work(work, need_masks=False, need_splits=False)
     info = read_dataset(work)
     spec = spec.for_classes(info.classes)
@@ -530,14 +661,26 @@ def infer_work(
     first = manifest.drop_duplicates("case_day").set_index("case_day")
     out = Path(out)
     exclusive_classes = info.label_kind == "exclusive"
-    overlay_dir = out.with_name(out.stem + "_overlays")
+    keys = list(groups)
 
-    def items(keys: Sequence[str]) -> Iterable[Item]:
-        it: Iterable[str] = progress(keys) if progress else keys
+    def items(todo: Sequence[str]) -> Iterable[Item]:
+        it: Iterable[str] = progress(todo) if progress else todo
         for key in it:
             spacing = volume_spacing(info, key, first.loc[[key]])
             yield key, groups[key], partial(_load_checked, work, key, info, len(groups[key])), spacing
 
+    run = partial(
+        _run,
+        classes=info.classes,
+        exclusive_classes=exclusive_classes,
+        batch_size=batch_size,
+        device=device,
+        loaders=loaders,
+        save_probs=save_probs,
+        overlays=overlays,
+        overwrite=overwrite,
+        parts=parts,
+    )
     if info.format == "kaggle":
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -546,36 +689,52 @@ def infer_work(
             raise FileNotFoundError(f"sample submission {sample_path} not found")
         sample = read_sample(sample_path)
         _check_sample(sample, set(manifest["id"]), sample_path or Path("sample"), work)
-        models = load_models(spec, device, loaders)
-        check_model_classes(models, info.classes)
-        rows: list[tuple[str, str, str]] = []
-        outputs = _Outputs(spec, info.classes, save_probs, overlays, overlay_dir, overwrite)
-        on = lambda key, ids, res: rows.extend(encode_rows(ids, res.masks, info.classes))  # noqa: E731
-        _run(spec, models, items(list(groups)), batch_size, exclusive_classes, outputs, on)
-        return _write_submission(rows, sample, str(sample_path or "manifest order"), out, len(groups))
+        meta = {
+            "output": "submission",
+            "spec": spec_digest(spec),
+            "classes": list(info.classes),
+            "sample": file_digest(sample_path),
+        }
+        columns = ["id", "class", "predicted"]
+
+        def write_rows(store: Any, key: str, ids: list[str], res: CaseDayResult) -> None:
+            store.write(key, encode_rows(ids, res.masks, info.classes), columns)
+
+        store, outputs, missing, predicted = run(spec, keys, items, out, meta, write_rows)
+        if missing or not parts.finish:
+            return pending(columns, missing, predicted, store.folder)
+        outputs.finish(keys)
+        return _write_submission(store, keys, sample, str(sample_path or "manifest order"), out)
 
     fmt = prediction_format(info.format)
-    index = PredictionIndex(out, index_meta(info, spec.source), overwrite=overwrite)
-    todo = [k for k in groups if not index.done(k)]
-    skipped = [k for k in groups if index.done(k)]
-    if skipped:
-        logger.info("%d of %d volume(s) already predicted in %s (skipped)", len(skipped), len(groups), out)
-    written: dict[str, Path] = {}
-    if todo:
-        models = load_models(spec, device, loaders)
-        check_model_classes(models, info.classes)
-        outputs = _Outputs(spec, info.classes, save_probs, overlays, overlay_dir, overwrite)
+    single = parts.num_parts == 1 and not parts.merge
+    # one process: the index is rewritten after each volume (as before); several: only the final step writes it
+    index = PredictionIndex(out, index_meta(info, spec.source), overwrite=overwrite and single)
+    if not single and not index.path.is_file():
+        index.write()  # an empty index marks the folder as ours for the other parts
+    meta = {"output": "volumes", "spec": spec_digest(spec), **index_meta(info, "")}
 
-        def on(key: str, ids: list[str], res: CaseDayResult) -> None:
-            path = Path(fmt.write_prediction(res.masks, info, key, out, probs=res.probs))
+    def write_volume(store: Any, key: str, ids: list[str], res: CaseDayResult) -> None:
+        path = Path(fmt.write_prediction(res.masks, info, key, out, probs=res.probs))
+        if single:
             index.add(key, path)
-            written[key] = path
+        store.write(key, [(key, path.resolve().relative_to(out.resolve()).as_posix())], ["key", "path"])
 
-        _run(spec, models, items(todo), batch_size, exclusive_classes, outputs, on)
+    def file_of(store: Any, key: str) -> str:
+        return str(store.read(key)["path"].iloc[0])
+
+    store, outputs, missing, predicted = run(
+        spec, keys, items, out, meta, write_volume, extra_done=lambda st, k: (out / file_of(st, k)).exists()
+    )
+    if missing or not parts.finish:
+        return pending(["key", "path", "skipped"], missing, predicted, store.folder)
+    outputs.finish(keys)
+    index.volumes = {k: file_of(store, k) for k in keys}
     index.write()
-    logger.info("wrote %d prediction(s) to %s (%s format)", len(written), out, info.format)
+    logger.info("wrote %d prediction(s) to %s (%s format)", len(predicted), out, info.format)
+    done = set(predicted)
     return pd.DataFrame(
-        [(k, str(out / index.volumes[k]), k not in written) for k in groups],
+        [(k, str(out / index.volumes[k]), k not in done) for k in keys],
         columns=["key", "path", "skipped"],
     )
 

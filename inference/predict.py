@@ -39,6 +39,7 @@ from data_prep.work import (
 )
 from ensembles.core import exclusive
 from evaluation.metric import case_day_metrics, score_case_day
+from inference.overlap import Background, prefetch
 from training.config import config_name
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,13 @@ def write_work_maps(
     overwrite: bool = False,
     threshold: float = 0.5,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Predict every case-day of ``groups`` and write the probability folder ``out`` (and ``metrics.json``).
+
+    The next case-day is read while one computes, and the maps are written while the next computes
+    (:mod:`inference.overlap`). The metrics score the maps as written (float16), so a resumed folder's metrics
+    equal an uninterrupted run's.
 
     Args:
         predict: the model (see :data:`Predict`).
@@ -132,45 +138,71 @@ def write_work_maps(
         overwrite: replace an existing folder's maps.
         threshold: for the metrics only (the maps are written unthresholded).
         progress: tqdm over case-days.
+        resume: continue a folder written with the same ``meta`` (after a kill): its case-days are read back,
+            not predicted again.
 
     Returns:
-        ``{"out", "case_days", "slices", "metrics" (when the WORK has masks)}``.
+        ``{"out", "case_days", "slices", "resumed" (case-days read back), "metrics" (when the WORK has masks)}``.
 
     Raises:
-        FileExistsError: ``out`` holds maps and not ``overwrite``. ValueError: a volume whose depth differs from
-            the manifest's, or a model output of the wrong shape.
+        FileExistsError: ``out`` holds maps and neither ``overwrite`` nor ``resume``. ValueError: a volume whose
+            depth differs from the manifest's, or a model output of the wrong shape.
     """
     work = Path(work)
     info = read_dataset(work)
-    writer = ProbWriter(out, {**dict(meta), "classes": list(info.classes)}, overwrite=overwrite)
+    writer = ProbWriter(out, {**dict(meta), "classes": list(info.classes)}, overwrite=overwrite, resume=resume)
     manifest = read_manifest(work).set_index("id")
     items: Any = list(groups.items())
+    resumed = [cd for cd, _ in items if writer.done(cd)]
+    if resumed:
+        logger.info("%s: %d of %d case-day(s) already written (resumed)", out, len(resumed), len(items))
     if progress:
         from tqdm import tqdm
 
         items = tqdm(items, desc="case-days", unit="case-day")
-    records = []
-    for cd, ids in items:
+    records: dict[str, Any] = {}
+
+    def read(item: tuple[str, Sequence[str]]) -> np.ndarray | None:
+        cd, ids = item
+        if writer.done(cd):
+            return None
         vol = load_channels(work, cd, info)
-        d, h, w = vol.shape[-3:]
-        if d != len(ids):
-            raise ValueError(f"{work}/volumes/{cd}.npy has {d} slices, manifest.csv lists {len(ids)}")
-        spacing = volume_spacing(info, cd, manifest.loc[list(ids[:1])])
-        probs = np.asarray(predict(cd, vol, spacing), dtype=np.float32)
-        want = (d, info.num_classes, h, w)
-        if probs.shape != want:
-            raise ValueError(
-                f"{cd}: the model returned shape {probs.shape}, expected {want} ({info.num_classes} classes of "
-                f"{work}/dataset.json: {list(info.classes)})"
-            )
-        writer.add(cd, ids, probs)
+        return np.array(vol) if isinstance(vol, np.memmap) else vol
+
+    def save(cd: str, ids: Sequence[str], probs: np.ndarray | None) -> None:
+        if probs is None:  # resumed: the map as written
+            probs16 = np.load(Path(out) / f"{cd}.npy")
+        else:
+            writer.add(cd, ids, probs)
+            probs16 = probs.astype(np.float16)
         if has_mask(work, cd):
             truth = info.unpack(np.asarray(load_mask(work, cd))).astype(bool)
-            pred = probs > threshold
+            scored = probs16.astype(np.float32)
+            pred = scored > threshold
             if info.label_kind == "exclusive":  # one class per pixel, as the ensemble rule predicts them
-                pred = exclusive(pred, probs)
-            records.append(score_case_day(cd, pred, truth))
-    summary: dict[str, Any] = dict(out=str(out), case_days=len(groups), slices=sum(len(v) for v in groups.values()))
+                pred = exclusive(pred, scored)
+            records[cd] = score_case_day(cd, pred, truth)
+
+    with Background(depth=2) as background:
+        for (cd, ids), vol in prefetch(items, read):
+            probs = None
+            if vol is not None:
+                d, h, w = vol.shape[-3:]
+                if d != len(ids):
+                    raise ValueError(f"{work}/volumes/{cd}.npy has {d} slices, manifest.csv lists {len(ids)}")
+                spacing = volume_spacing(info, cd, manifest.loc[list(ids[:1])])
+                probs = np.asarray(predict(cd, vol, spacing), dtype=np.float32)
+                want = (d, info.num_classes, h, w)
+                if probs.shape != want:
+                    raise ValueError(
+                        f"{cd}: the model returned shape {probs.shape}, expected {want} ({info.num_classes} classes "
+                        f"of {work}/dataset.json: {list(info.classes)})"
+                    )
+            background.submit(save, cd, ids, probs)
+    records = [records[cd] for cd in groups if cd in records]
+    summary: dict[str, Any] = dict(
+        out=str(out), case_days=len(groups), slices=sum(len(v) for v in groups.values()), resumed=len(resumed)
+    )
     metrics = None
     if records:
         metrics, res = case_day_metrics(records, classes=info.classes)
@@ -198,28 +230,41 @@ def predict_work(
     overwrite: bool = False,
     cfg_options: dict[str, Any] | None = None,
     progress: bool = False,
+    planes: Sequence[str] = ("axial",),
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Probability maps of a 2.5D segmenter (``tools/test.py``): a fold's val side, or the whole WORK folder.
+
+    The model runs on the inference engine's device path (:func:`inference.engine.run_25d`): each case-day's
+    volume goes to the device once, its stacks are made there in batches, TTA are tensor ops.
 
     Args:
         config, checkpoint: the model (:meth:`segmenters.mm.inference.Segmenter.load`).
         work: data_prep's WORK folder (default ``default_work_dir()``).
         fold: ``K``: that fold's val case-days (out-of-fold predictions); None: every case-day (test time).
         out: output folder (default :func:`default_out_dir`).
-        tta: flips averaged with the plain prediction.
+        tta: names of :data:`ensembles.spec.TTA_25D` averaged with the plain prediction.
         device, batch_size: where and how many slices per forward pass.
         boxes: optional crop-box CSV (``id, x0, y0, x1, y1``).
         threshold: for the metrics only.
         overwrite: replace an existing output folder's maps.
         cfg_options: config overrides.
         progress: tqdm over case-days.
+        planes: the planes the model runs along, their maps averaged (:data:`ensembles.spec.PLANES`; one plane per
+            folder lets the search weigh the planes as models).
+        resume: continue a folder of the same settings (:func:`write_work_maps`).
 
     Returns:
         The summary of :func:`write_work_maps`.
     """
+    import torch
+
     from gating.crop import read_boxes
+    from inference.device_ops import volume_to_device
+    from inference.engine import Job, check_planes, check_tta, run_25d
     from segmenters.mm.inference import Segmenter
 
+    tta, planes = check_tta(tta, "--tta"), check_planes(planes, "--planes")
     work = Path(work or default_work_dir())
     groups = select_case_days(work, fold)
     k = None if fold is None else parse_folds(fold, int(read_splits(work).get("n_folds", 5)))[0]
@@ -228,15 +273,21 @@ def predict_work(
     seg = Segmenter.load(config, checkpoint, device, cfg_options)
     check_classes(seg, work, checkpoint)
 
+    @torch.inference_mode()
     def predict(cd: str, vol: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+        d, h, w = vol.shape[-3:]
         bx = None
         if box_map:
-            h, w = vol.shape[-2:]
             bx = np.array([box_map.get(i, (0, 0, w, h)) for i in groups[cd]], np.int64)
-        return seg.predict_volume(vol, boxes=bx, tta=tuple(tta), batch_size=batch_size)
+        acc = torch.zeros((d, len(seg.classes), h, w), dtype=torch.float32, device=seg.device)
+        job = Job(seg, acc, 1.0, tta, planes, f"{checkpoint}")
+        run_25d(volume_to_device(vol, seg.device), [job], None, bx, spacing, batch_size, where=cd)
+        return acc.cpu().numpy()
 
     meta = dict(kind="2.5d", config=str(config), checkpoint=str(checkpoint), fold=k, tta=list(tta))
-    return write_work_maps(predict, work, out, groups, meta, overwrite, threshold, progress)
+    if planes != ("axial",):
+        meta["planes"] = list(planes)
+    return write_work_maps(predict, work, out, groups, meta, overwrite, threshold, progress, resume)
 
 
 def predict_work_3d(
@@ -251,6 +302,7 @@ def predict_work_3d(
     threshold: float = 0.5,
     overwrite: bool = False,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Probability maps of a 3D segmenter (``tools/infer_3d.py``): a fold's val side, ``case_days``, or every
     case-day of the WORK folder.
@@ -263,7 +315,8 @@ def predict_work_3d(
         tta: 3D TTA names (None: the config's).
         device: where the model runs.
         case_days: restrict to these (without ``fold``).
-        threshold, overwrite, progress: as :func:`write_work_maps`.
+        threshold, overwrite, progress, resume: as :func:`write_work_maps` (the same loop: reading, computing
+            and writing overlap; a killed run resumes).
 
     Returns:
         The summary of :func:`write_work_maps`.
@@ -282,4 +335,4 @@ def predict_work_3d(
 
     used_tta = list(tta if tta is not None else seg.default_tta)
     meta = dict(kind="3d", config=str(config), checkpoint=str(checkpoint), fold=k, tta=used_tta)
-    return write_work_maps(predict, work, out, groups, meta, overwrite, threshold, progress)
+    return write_work_maps(predict, work, out, groups, meta, overwrite, threshold, progress, resume)

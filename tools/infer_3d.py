@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", nargs="*", default=None, help="TTA names: flip (default: the config's), hflip, dflip, ...")
     p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
     p.add_argument("--overwrite", action="store_true", help="replace maps already in --out")
+    p.add_argument("--resume", action="store_true", help="continue a folder of the same settings after a kill")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("infer_3d")
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             overwrite=args.overwrite,
             progress=sys.stderr.isatty(),
+            resume=args.resume,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         log.error("%s", e)

@@ -150,7 +150,8 @@ class Segmenter3D:
         volume: np.ndarray | Sequence[np.ndarray],
         spacing: Sequence[float] | None = None,
         tta: Sequence[str] | None = None,
-    ) -> np.ndarray:
+        as_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor:
         """Class probabilities of one case-day.
 
         Args:
@@ -161,6 +162,8 @@ class Segmenter3D:
                 px_w))``); needed by configs that resample to a spacing (``resample.mode == "spacing"``; ``(sz, sy,
                 sx)`` for a target spacing in all three axes).
             tta: TTA names; ``None`` uses :attr:`default_tta`, ``()`` runs the model once.
+            as_tensor: return the probabilities as a float32 tensor on the model's device (the inference engine
+                sums them there) instead of a host array.
 
         Returns:
             float32 ``(D, C, H, W)`` probabilities in ``[0, 1]``, channels in :attr:`classes` order, on the input's
@@ -187,8 +190,8 @@ class Segmenter3D:
         x = preprocess_image(parts, self.norm, self.resample, spacing, self.device, k)[None]  # (1, K, h', w', d')
         d, h, w = parts[0].shape
         window = dataclasses.replace(self.window, tta=tta)
-        out = self.model.predict_probs(x, (h, w, d), window).cpu().numpy().astype(np.float32, copy=False)
+        probs = self.model.predict_probs(x, (h, w, d), window).float()
         c = len(self.classes)
-        if out.shape != (d, c, h, w):  # pragma: no cover - guarded by construction
-            raise RuntimeError(f"internal error: output shape {out.shape} != {(d, c, h, w)}")
-        return out
+        if tuple(probs.shape) != (d, c, h, w):  # pragma: no cover - guarded by construction
+            raise RuntimeError(f"internal error: output shape {tuple(probs.shape)} != {(d, c, h, w)}")
+        return probs if as_tensor else probs.cpu().numpy()

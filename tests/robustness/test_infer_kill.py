@@ -75,8 +75,19 @@ def reference(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 
 KILLS = {
-    # the second of three case-days is being predicted
-    "mid_case_days": "kill_on_call(pipeline, 'predict_case_day', 2)",
+    # the second of three case-days is being predicted (after the writer thread has written the first one's files)
+    "mid_case_days": """
+        import time
+        _predict = pipeline.predict_case_day
+        _calls = [0]
+        def predict_case_day(*a, **k):
+            _calls[0] += 1
+            if _calls[0] == 2:
+                time.sleep(1.0)
+                die()
+            return _predict(*a, **k)
+        pipeline.predict_case_day = predict_case_day
+    """,
     # every case-day is done and the CSV is fully written to its temporary file, but not yet renamed
     # (os.replace / os.fdopen are patched process-wide: whichever module does the atomic write uses them)
     "before_rename": """

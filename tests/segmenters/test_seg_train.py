@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -117,6 +118,48 @@ def test_test_tool_writes_maps_matching_manifest(trained, seg_work, tmp_path) ->
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0 and "score" in metrics
     assert _tool("test").main(args) == 2  # no silent overwrite
+
+
+def test_test_tool_resumes_byte_identical_and_runs_other_planes(trained, seg_work, tmp_path, capsys) -> None:
+    wd, _ = trained
+    ckpt = (wd / "last_checkpoint").read_text().strip()
+    base = [str(TINY_UPERNET), ckpt, "--work", str(seg_work), "--device", "cpu", "--batch-size", "5"]
+    opts = ["--cfg-options", "img_size=(64,64)"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _tool("test").main([*base, "--tta", "hflip,rot90", "--out", str(full), *opts]) == 0
+    meta = json.loads((full / "meta.json").read_text())
+    keys = list(meta["case_days"])
+    assert len(keys) >= 2 and meta["tta"] == ["hflip", "rot90"] and "planes" not in meta
+    # what a kill after all but the last case-day leaves: their maps, meta.json listing them, no metrics.json
+    shutil.copytree(full, part)
+    (part / "metrics.json").unlink()
+    (part / f"{keys[-1]}.npy").unlink()
+    cut = {**meta, "case_days": {k: v for k, v in meta["case_days"].items() if k != keys[-1]}}
+    (part / "meta.json").write_text(json.dumps(cut, indent=1) + "\n")
+    capsys.readouterr()
+    assert _tool("test").main([*base, "--tta", "hflip,rot90", "--out", str(part), *opts]) == 2  # not silently
+    assert _tool("test").main([*base, "--tta", "hflip,rot90", "--out", str(part), "--resume", *opts]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed"] == len(keys) - 1
+    for name in [*(f"{k}.npy" for k in keys), "meta.json", "metrics.json"]:
+        assert (part / name).read_bytes() == (full / name).read_bytes(), name
+    # --resume with other settings is refused (named), and unknown TTA / planes are errors
+    assert _tool("test").main([*base, "--tta", "vflip", "--out", str(part), "--resume", *opts]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert _tool("test").main([*base, "--tta", "rot45", "--out", str(tmp_path / "x"), *opts]) == 2
+    assert "rot45" in capsys.readouterr().err
+    # the model along the axial and coronal axes: maps on the axial grid, the mean of the two planes' maps
+    planes = tmp_path / "planes"
+    two = [*base, "--tta", "none", "--planes", "axial,coronal", "--out", str(planes), *opts]
+    assert _tool("test").main(two) == 0
+    axial = tmp_path / "axial"
+    assert _tool("test").main([*base, "--tta", "none", "--out", str(axial), *opts]) == 0
+    coronal = tmp_path / "coronal"
+    assert _tool("test").main([*base, "--tta", "none", "--planes", "coronal", "--out", str(coronal), *opts]) == 0
+    assert json.loads((planes / "meta.json").read_text())["planes"] == ["axial", "coronal"]
+    for k in keys:
+        a, c, both = (np.load(d / f"{k}.npy").astype(np.float32) for d in (axial, coronal, planes))
+        assert a.shape == c.shape == both.shape and np.abs(a - c).max() > 1e-3
+        np.testing.assert_allclose(both, (a + c) / 2, atol=2e-3)
 
 
 def test_segmenter_keep_and_boxes(trained, seg_work) -> None:
