@@ -163,6 +163,10 @@ def test_predict_case_day_runs_the_engine_with_the_spec() -> None:
     run_25d(t, [Job(seg, a, 1.0, ("hflip", "rot90"))], batch_size=4)
     run_25d(t, [Job(seg, b, 1.0, (), ("coronal",))], spacing=(3.0, 1.5, 1.5), batch_size=4)
     np.testing.assert_allclose(res.probs, ((a + b) / 2).numpy(), atol=1e-6)
+    # the planes survive the spec's round trip (the search writes its tuned spec with to_dict)
+    again = validate_spec(spec.to_dict())
+    assert [m.planes for m in again.models] == [["axial"], ["coronal"]]
+    assert [m.tta for m in again.models] == [["hflip", "rot90"], []]
     with pytest.raises(ValueError, match="unknown 2.5d tta"):
         validate_spec({**raw, "models": [{**raw["models"][0], "tta": ["rot45"]}]})
     with pytest.raises(ValueError, match="planes"):
