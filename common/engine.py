@@ -62,6 +62,15 @@ def setup_distributed(launcher: str = "none") -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def teardown_distributed() -> None:
+    """Destroy the default process group (nothing without one), once this process's collectives are done: a process
+    that exits with the group alive can abort in the backend's threads at interpreter exit ("terminate called
+    without an active exception"), failing a run that had finished. No barrier: after an error on one rank the
+    others are not waited for (torchrun ends them)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def default_device() -> str:
     """``"cuda"`` when a GPU is visible, else ``"cpu"``: the default ``--device`` of the tools."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -27,6 +27,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from common.engine import teardown_distributed
 from ensembles.spec import load_spec
 from inference.parts import PartPlan, dist_barrier, env_part, start_dist
 from inference.pipeline import infer
@@ -107,6 +108,8 @@ def main(argv: Sequence[str] | None = None, loaders: dict | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        teardown_distributed()  # under torchrun: the process group ends before the interpreter does
     if "missing" in sub.attrs:
         print(
             f"part {part_id} of {num_parts}: {len(sub.attrs['predicted'])} case-day(s) predicted into "

@@ -58,12 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for cfg in cfgs:
-        try:
-            print(train_one(cfg))
-        except SetupError as e:  # bad data, config or checkpoint found before the first iteration
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    from common.engine import teardown_distributed
+
+    try:
+        for cfg in cfgs:
+            try:
+                print(train_one(cfg))
+            except SetupError as e:  # bad data, config or checkpoint found before the first iteration
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+    finally:
+        teardown_distributed()
     return 0
 
 
