@@ -11,8 +11,9 @@ its own child process (so that peak memory is its own):
   preprocessing per slice and per model and fold, fusion on the CPU), checked out with ``git archive``.
 
 Models are untrained (weights drawn from a fixed seed, one checkpoint per config, fold and seed, saved as
-``{"state_dict": ...}``), loaded before the clock starts. The gate keeps every slice (``pixel_thr: 0``), so every
-model runs on every slice in every stage. Specs:
+``{"state_dict": ...}``; gate U-Net ``i`` and segmenter U-Net ``i`` share one: the same compute), loaded before the
+clock starts. The gate keeps every slice (``pixel_thr: 0``), so every model runs on every slice in every stage.
+Specs:
 
 - ``one``: one 2.5D U-Net with hflip.
 - ``first``: the 1st place's size: 4 gate U-Nets and 7 segmenters (5 U-Nets, 2 UPerNets) at hflip, 3 SegResNets,

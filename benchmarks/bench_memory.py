@@ -116,7 +116,8 @@ sys.argv = sys.argv[1:]
 try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
-    open(peak_file, "w").write(str(torch.cuda.max_memory_allocated() / 2**20))
+    with open(peak_file, "w") as f:
+        f.write(str(torch.cuda.max_memory_allocated() / 2**20))
 """
 
 

@@ -7,6 +7,7 @@ distributed (``torchrun`` or Slurm sets the environment); nothing here schedules
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import random
@@ -39,11 +40,12 @@ def _slurm_env() -> None:
     os.environ["RANK"] = str(proc_id)
 
 
-def setup_distributed(launcher: str = "none") -> tuple[int, int]:
+def setup_distributed(launcher: str = "none", timeout: datetime.timedelta | None = None) -> tuple[int, int]:
     """Initialise the default process group for ``launcher`` and return ``(rank, world_size)``.
 
     ``nccl`` when CUDA is available, else ``gloo`` (so multi-process runs can be tested on CPU).
-    ``none`` initialises nothing and returns ``(0, 1)``. Calling it twice is harmless.
+    ``none`` initialises nothing and returns ``(0, 1)``. Calling it twice is harmless. ``timeout``: how long a
+    collective waits for the other processes (default torch's; inference parts that end hours apart need more).
 
     Raises:
         ValueError: unknown launcher.
@@ -58,7 +60,7 @@ def setup_distributed(launcher: str = "none") -> tuple[int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **({} if timeout is None else {"timeout": timeout}))
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -63,6 +63,19 @@ logger = logging.getLogger(__name__)
 PLAN_VERSION = 1
 #: The normalisation mode of the CT scheme (``dict(mode="ct", clip=(lo, hi), mean=m, std=s)``).
 CT_MODE = "ct"
+#: The normalisation modes of a 2.5D stack (``stack.norm``: ``segmenters.mm.stacks.normalise_stack`` on the host,
+#: ``inference.device_ops.normalise_stacks`` on the device; ``ct`` only as a dict with its parameters).
+STACK_NORM_MODES: tuple[str, ...] = ("max", "minmax", "percentile", "volume_max", "none", CT_MODE)
+
+
+def norm_mode(norm: str | Mapping[str, Any]) -> str:
+    """The mode of a normalisation: the name itself, or the dict's ``mode``.
+
+    >>> norm_mode("max"), norm_mode({"mode": "ct", "clip": (0, 1), "mean": 0.5, "std": 0.2})
+    ('max', 'ct')
+    """
+    return str(norm.get("mode", "")) if isinstance(norm, Mapping) else str(norm)
+
 
 DEFAULT_GPU_MEMORY_GB = 24.0
 #: Fraction of ``--gpu-memory`` a plan fills (the rest: CUDA context, cuDNN workspaces, the allocator's cache).

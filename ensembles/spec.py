@@ -54,6 +54,24 @@ PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 #: The 2.5D TTA names (tensor ops on the input batch: flips along width / height, rotations by k x 90 degrees).
 TTA_25D: tuple[str, ...] = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
+
+def check_tta_25d(tta: Sequence[str], where: str) -> tuple[str, ...]:
+    """2.5D TTA names checked against :data:`TTA_25D` (ValueError naming ``where`` and the valid names)."""
+    bad = [t for t in tta if t not in TTA_25D]
+    if bad:
+        raise ValueError(f"{where}: unknown 2.5d tta {bad}; choose from {list(TTA_25D)}")
+    return tuple(tta)
+
+
+def check_planes(planes: Sequence[str], where: str) -> tuple[str, ...]:
+    """Plane names checked against :data:`PLANES`: a non-empty list of distinct names (ValueError naming
+    ``where``)."""
+    if not planes or any(p not in PLANES for p in planes) or len(set(planes)) != len(planes):
+        raise ValueError(f"{where}: planes must be a non-empty list of distinct names of {list(PLANES)}, got "
+                         f"{list(planes)}")  # fmt: skip
+    return tuple(planes)
+
+
 #: The table of known keys and their defaults, per section.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "spec": {
@@ -331,15 +349,17 @@ def _model(raw: Any, i: int, default_folds: list[int], root: Path, where: str) -
     tta = d["tta"] or []
     if isinstance(tta, str):
         tta = [tta]
-    if kind == "2.5d":
-        bad = [t for t in tta if t not in TTA_25D]
-        if bad:
-            raise SpecError(f"{at}: unknown 2.5d tta {bad}; choose from {list(TTA_25D)}")
     planes = d["planes"] or ["axial"]
     if isinstance(planes, str):
         planes = [planes]
-    if not isinstance(planes, list) or any(p not in PLANES for p in planes) or len(set(planes)) != len(planes):
-        raise SpecError(f"{at}: planes must be a list of distinct names of {list(PLANES)}, got {d['planes']!r}")
+    try:
+        if kind == "2.5d":
+            check_tta_25d(tta, at)
+        if not isinstance(planes, list):
+            raise ValueError(f"{at}: planes must be a list of {list(PLANES)}, got {d['planes']!r}")
+        check_planes(planes, at)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
     if planes != ["axial"] and kind != "2.5d":
         raise SpecError(f"{at}: planes are for 2.5d models, not {kind}")
     try:

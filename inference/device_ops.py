@@ -6,7 +6,7 @@ model -> ``gating.crop.paste_resize``), made for a whole batch of slices at once
 
 - :func:`volume_to_device`: a uint16 volume crosses to the device as its 2 bytes per voxel, float32 there;
 - :func:`stack_index`, :func:`gather_stacks`: the 2.5D stacks of many slices (the same edge rule);
-- :func:`normalise_stacks`: every normalisation mode of ``segmenters.mm.stacks.NORM_MODES``, per stack;
+- :func:`normalise_stacks`: every normalisation mode of ``data_prep.plan.STACK_NORM_MODES``, per stack;
 - :func:`crop_resize_batch`: crop each slice to its own box and resize (OpenCV's ``INTER_LINEAR`` rule);
 - :func:`paste_back`: resize the predictions to their boxes and paste them into zero frames (torch's bilinear rule);
 - :func:`tta_inputs`, :func:`tta_merge`: flips and rotations of a batch, and their average mapped back;
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_prep.plan import CT_MODE, ct_params
+from data_prep.plan import CT_MODE, STACK_NORM_MODES, ct_params, norm_mode
 from data_prep.volumes import check_stack
-from ensembles.spec import PLANES, TTA_25D
+from ensembles.spec import PLANES, check_tta_25d
 
 __all__ = [
     "PlaneInfo",
@@ -55,10 +55,6 @@ __all__ = [
     "tta_merge",
     "volume_to_device",
 ]
-
-#: The normalisation modes (the same names as ``segmenters.mm.stacks.NORM_MODES``; kept here so that this module
-#: loads without mmseg; a test checks that the two agree).
-NORM_MODES: tuple[str, ...] = ("max", "minmax", "percentile", "volume_max", "none", CT_MODE)
 
 #: Channel counts for which cv2 resizes float32 through Intel IPP (see :func:`crop_resize_batch`).
 _IPP_CHANNELS: tuple[int, ...] = (1, 3, 4)
@@ -178,10 +174,6 @@ def gather_stacks(vol: torch.Tensor, zs: Sequence[int] | torch.Tensor, stride: i
     return out.permute(1, 0, 2, 3, 4)
 
 
-def _norm_mode(norm: str | Mapping[str, Any]) -> str:
-    return str(norm.get("mode", "")) if isinstance(norm, Mapping) else str(norm)
-
-
 def _per_stack(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """``(N, K)`` -> broadcastable against ``(N, K, C, H, W)``."""
     return t.reshape(shape[:2] + (1,) * (len(shape) - 2))
@@ -235,9 +227,9 @@ def normalise_stacks(
     if x.ndim != 5:
         raise ValueError(f"x must be (N, K, C, H, W) stacks, got shape {tuple(x.shape)}")
     n, kk, c, h, w = x.shape
-    mode = _norm_mode(norm)
-    if mode not in NORM_MODES:
-        raise ValueError(f"normalise mode must be one of {NORM_MODES}, got {norm!r}")
+    mode = norm_mode(norm)
+    if mode not in STACK_NORM_MODES:
+        raise ValueError(f"normalise mode must be one of {STACK_NORM_MODES}, got {norm!r}")
     x = x.to(torch.float32)
     shape = tuple(x.shape)
     if mode == CT_MODE:
@@ -450,14 +442,6 @@ def paste_back(probs: torch.Tensor, boxes: BoxesLike | None, size: tuple[int, in
 # ------------------------------------------------------------------------------------------------------- TTA
 
 
-def _check_tta(names: Sequence[str]) -> tuple[str, ...]:
-    names = tuple(names)
-    unknown = [t for t in names if t not in TTA_25D]
-    if unknown:
-        raise ValueError(f"unknown TTA {unknown}; choose from {list(TTA_25D)}")
-    return names
-
-
 def _tta_forward(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "hflip":
         return x.flip(3)
@@ -488,7 +472,7 @@ def tta_inputs(x: torch.Tensor, names: Sequence[str]) -> list[torch.Tensor]:
     Raises:
         ValueError: an unknown name (the valid ones are listed).
     """
-    names = _check_tta(names)
+    names = check_tta_25d(names, "TTA")
     return [x] + [_tta_forward(x, t) for t in names]
 
 
@@ -508,11 +492,12 @@ def tta_merge(outputs: Sequence[torch.Tensor], names: Sequence[str]) -> torch.Te
     Raises:
         ValueError: an unknown name or a count of outputs that does not match.
 
+    >>> from ensembles.spec import TTA_25D
     >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
     >>> bool(torch.equal(tta_merge(tta_inputs(x, TTA_25D), TTA_25D), x))
     True
     """
-    names = _check_tta(names)
+    names = check_tta_25d(names, "TTA")
     if len(outputs) != 1 + len(names):
         raise ValueError(
             f"need {1 + len(names)} outputs (the plain one, then one per TTA {list(names)}), got {len(outputs)}"

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ensembles import core
-from ensembles.spec import PLANES, TTA_25D
+from ensembles.spec import PLANES, check_planes, check_tta_25d
 from inference.device_ops import (
     crop_resize_batch,
     from_plane,
@@ -114,29 +114,12 @@ class Job:
     tta: tuple[str, ...] = ()
     planes: tuple[str, ...] = ("axial",)
     name: str = "model"
-    finite: list[torch.Tensor] = field(default_factory=list)
 
 
 def is_device_predictor(seg: Any) -> bool:
     """Whether ``seg`` runs on the device path: a 2.5D segmenter with ``predict_batch`` and its input recipe
     (``stride``, ``channels``, ``norm``, ``img_size``)."""
     return all(hasattr(seg, a) for a in ("predict_batch", "stride", "channels", "norm", "img_size"))
-
-
-def check_tta(tta: Sequence[str], where: str) -> tuple[str, ...]:
-    """TTA names checked against :data:`ensembles.spec.TTA_25D` (ValueError naming ``where``)."""
-    bad = [t for t in tta if t not in TTA_25D]
-    if bad:
-        raise ValueError(f"{where}: unknown 2.5D TTA {bad}; choose from {list(TTA_25D)}")
-    return tuple(tta)
-
-
-def check_planes(planes: Sequence[str], where: str) -> tuple[str, ...]:
-    """Plane names checked against :data:`ensembles.spec.PLANES` (ValueError naming ``where``)."""
-    bad = [p for p in planes if p not in PLANES]
-    if bad or not planes:
-        raise ValueError(f"{where}: planes must be a non-empty list of {list(PLANES)}, got {list(planes)}")
-    return tuple(planes)
 
 
 def forward_tta(seg: Any, x: torch.Tensor, tta: Sequence[str]) -> torch.Tensor:
@@ -188,6 +171,7 @@ def run_25d(
         ValueError: a predictor's output holds NaN or inf (named), bad TTA or plane names.
     """
     stats = Counter() if stats is None else stats
+    finite: dict[int, list[torch.Tensor]] = {}
     k, d, h, w = volume.shape
     vmax = volume.reshape(k, -1).amax(dim=1)
     for plane in PLANES:
@@ -204,12 +188,13 @@ def run_25d(
         if len(zs) == 0:
             continue
         frame = (int(pv.shape[2]), int(pv.shape[3]))
-        # per job, where its probabilities go: the accumulator itself (axial) or a plane-grid one (mapped back)
-        targets = {id(j): (j.acc if info is None else None) for j in members}
         groups: dict[Recipe, list[Job]] = {}
         for j in members:
             groups.setdefault(Recipe.of(j.seg, plane, spacing), []).append(j)
-        plane_acc: dict[int, torch.Tensor] = {}
+        # where each job's probabilities go: its accumulator (axial), or its sum on the plane's grid (mapped back)
+        targets = {
+            id(j): j.acc if info is None else j.acc.new_zeros((pv.shape[1], j.acc.shape[1], *frame)) for j in members
+        }
         for recipe, group in groups.items():
             for i in range(0, len(zs), batch_size):
                 chunk = zs[i : i + batch_size]
@@ -226,24 +211,15 @@ def run_25d(
                     probs = forward_tta(j.seg, x, j.tta)
                     stats["forward"] += 1
                     full = paste_back(probs, bx, frame).clamp_(0, 1)
-                    j.finite.append(torch.isfinite(full).all())
-                    share = j.weight / len(j.planes)
-                    if info is None:
-                        targets[id(j)].index_add_(0, at, full.to(targets[id(j)].dtype), alpha=share)
-                    else:
-                        acc = plane_acc.get(id(j))
-                        if acc is None:
-                            acc = plane_acc[id(j)] = torch.zeros(
-                                (pv.shape[1], full.shape[1], *frame), dtype=torch.float32, device=volume.device
-                            )
-                        acc.index_add_(0, at, full.float(), alpha=share)
-        for j in members:
-            if info is not None and id(j) in plane_acc:
-                j.acc += from_plane(plane_acc.pop(id(j)), info)
+                    finite.setdefault(id(j), []).append(torch.isfinite(full).all())  # checked once, at the end
+                    acc = targets[id(j)]
+                    acc.index_add_(0, at, full.to(acc.dtype), alpha=j.weight / len(j.planes))
+        if info is not None:
+            for j in members:
+                j.acc += from_plane(targets.pop(id(j)), info)
     for j in jobs:
-        if j.finite and not bool(torch.stack(j.finite).all()):
+        if id(j) in finite and not bool(torch.stack(finite[id(j)]).all()):
             raise ValueError(f"{j.name}{' on ' + where if where else ''}: the probabilities hold NaN or inf")
-        j.finite.clear()
 
 
 def _predict_3d(
@@ -307,11 +283,8 @@ class Engine:
         self.stats: Counter = Counter()
         for m in self.models:
             if m.kind == "2.5d":
-                check_tta(m.tta, f"model {m.name!r}")
+                check_tta_25d(m.tta, f"model {m.name!r}")
                 check_planes(m.planes, f"model {m.name!r}")
-
-    def _by(self, kind: str, role: str | None = None) -> list[EngineModel]:
-        return [m for m in self.models if m.kind == kind and (role is None or m.role == role)]
 
     def _jobs(self, models: Sequence[EngineModel], shares: Mapping[str, float], acc: torch.Tensor) -> list[Job]:
         jobs = []
@@ -378,7 +351,7 @@ class Engine:
         self.stats["volumes"] += 1
 
         def gate_probs() -> np.ndarray:
-            gates = self._by("2.5d", "gate")
+            gates = [m for m in self.models if m.kind == "2.5d" and m.role == "gate"]
             weights = core.normalise_weights([m.weight for m in gates], len(gates), "weights of the gate U-Nets")
             acc = torch.zeros(shape, dtype=torch.float32, device=self.device)
             jobs = self._jobs(gates, {m.name: float(wt) for m, wt in zip(gates, weights)}, acc)

@@ -22,8 +22,16 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def in_memory(array: Any) -> np.ndarray:
+    """``array`` as an in-memory array: a memmap is read now (in a loader, off the compute path), anything else
+    is taken as it is."""
+    return np.array(array) if isinstance(array, np.memmap) else np.asarray(array)
 
 
 def prefetch(items: Iterable[T], load: Callable[[T], R], depth: int = 1) -> Iterator[tuple[T, R]]:
@@ -33,12 +41,10 @@ def prefetch(items: Iterable[T], load: Callable[[T], R], depth: int = 1) -> Iter
     Args:
         items: anything iterable (taken one at a time, in the caller's thread).
         load: runs in the background thread; its exception is raised when its item is reached.
-        depth: items loaded ahead (0: none, the plain loop).
+        depth: items loaded ahead (at least 1).
     """
-    if depth <= 0:
-        for item in items:
-            yield item, load(item)
-        return
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
     it = iter(items)
     queue: deque[tuple[T, Future]] = deque()
     pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")

@@ -270,29 +270,15 @@ def env_part(num_parts: int | None = None, part_id: int | None = None) -> tuple[
 
 
 def start_dist(device: str, local_rank: int) -> str:
-    """Join the ``torchrun`` process group (gloo: the processes only wait for each other) and return this
-    process's device: ``cuda:{local_rank}`` for ``cuda``, else ``device`` unchanged."""
+    """Join the ``torchrun`` process group (:func:`common.engine.setup_distributed`, with a timeout of two days:
+    one rank may finish its share long before another) and return this process's device: ``cuda:{local_rank}``
+    for ``cuda``, else ``device`` unchanged."""
     import datetime
 
-    import torch.distributed as torch_dist
+    from common.engine import setup_distributed
 
-    timeout = datetime.timedelta(days=2)  # one rank may finish its share long before another
-    if device == "cuda":
-        from mmengine.dist import init_dist
-
-        init_dist("pytorch", backend="gloo", timeout=int(timeout.total_seconds()))
-        return f"cuda:{local_rank}"
-    if not torch_dist.is_initialized():
-        # mmengine's init_dist selects a CUDA device first, which a CPU-only machine lacks
-        torch_dist.init_process_group(backend="gloo", timeout=timeout)
-    return device
-
-
-def dist_rank() -> tuple[int, int]:
-    """``(rank, world size)`` of the process group (``(0, 1)`` without one)."""
-    from mmengine.dist import get_dist_info
-
-    return get_dist_info()
+    setup_distributed("pytorch", timeout=datetime.timedelta(days=2))
+    return f"cuda:{local_rank}" if device == "cuda" else device
 
 
 def dist_barrier() -> None:

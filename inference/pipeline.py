@@ -42,7 +42,8 @@ from evaluation.predictions import PredictionIndex, index_meta, prediction_forma
 from gating.classifier import SliceClassifier
 from gating.crop import Detector
 from inference.engine import Engine, EngineModel
-from inference.overlap import Background, prefetch
+from inference.overlap import Background, in_memory, prefetch
+from inference.parts import KEEP, ROWS, PartPlan, PartStore, file_digest, missing_message, pending, spec_digest
 from inference.predict import load_channels, volume_spacing
 from inference.submission import encode_rows, order_rows, read_sample
 from segmenters.mm.inference import Segmenter
@@ -324,8 +325,6 @@ class _Outputs:
             self.writer.add(key, ids, res.probs)
             rows = [(sid, *map(int, k)) for sid, k in zip(ids, res.keep)]
             if self.parts is not None:
-                from inference.parts import KEEP
-
                 self.parts.write(key, rows, ["id", *self.classes], table=KEEP)
             else:
                 self.keep_rows.extend(rows)
@@ -344,8 +343,6 @@ class _Outputs:
         if self.writer is None:
             return
         if self.parts is not None and keys is not None:
-            from inference.parts import KEEP
-
             kdf = self.parts.assemble(keys, KEEP)
             for key in keys:
                 self.writer.case_days[key] = self.parts.read(key, KEEP)["id"].tolist()
@@ -356,9 +353,21 @@ class _Outputs:
 
 
 def _read_item(item: Item) -> np.ndarray:
-    """The volume of an :data:`Item`, read into memory (a memmap is read here, in the loader thread)."""
-    v = item[2]()
-    return np.array(v) if isinstance(v, np.memmap) else np.asarray(v)
+    """The volume of an :data:`Item`, read into memory (in the loader thread)."""
+    return in_memory(item[2]())
+
+
+@dataclass(frozen=True)
+class _RunOptions:
+    """What :func:`infer` and :func:`infer_work` hand on to :func:`_run` unchanged (their arguments of these names)."""
+
+    batch_size: int | None
+    device: str
+    loaders: dict[str, Callable] | None
+    save_probs: str | os.PathLike | None
+    overlays: int
+    overwrite: bool
+    parts: Any
 
 
 def _run(
@@ -368,33 +377,25 @@ def _run(
     out: Path,
     store_meta: dict[str, Any],
     write_result: Callable[[Any, str, list[str], CaseDayResult], None],
-    *,
     classes: Sequence[str],
     exclusive_classes: bool,
-    batch_size: int | None,
-    device: str,
-    loaders: dict[str, Callable] | None,
-    save_probs: str | os.PathLike | None,
-    overlays: int,
-    overwrite: bool,
-    parts: Any,
+    opts: _RunOptions,
     extra_done: Callable[[Any, str], bool] | None = None,
 ) -> tuple[Any, _Outputs, list[str], list[str]]:
-    """Predict this process's share of ``keys`` (:class:`inference.parts.PartPlan`) that the parts folder does not
-    hold yet, one case-day at a time: ``write_result(store, key, ids, result)`` writes its part as soon as it is
-    predicted. No model is loaded when nothing is left (or for ``--merge``).
+    """Predict this process's share of ``keys`` (:class:`inference.parts.PartPlan` ``opts.parts``) that the parts
+    folder does not hold yet, one case-day at a time: ``write_result(store, key, ids, result)`` writes its part as
+    soon as it is predicted. No model is loaded when nothing is left (or for ``--merge``).
 
     Returns:
         ``(store, outputs, missing, predicted)``: the :class:`inference.parts.PartStore`, the ``--save-probs`` and
         overlay writer (not finished), the case-days of ``keys`` still without a part after this run, and those
         this run predicted (in ``keys`` order).
     """
-    from inference.parts import KEEP, ROWS, PartStore
-
+    parts, batch_size, save_probs = opts.parts, opts.batch_size, opts.save_probs
     mine = parts.mine(keys)
     single = parts.num_parts == 1
     tables = (ROWS, KEEP) if save_probs else (ROWS,)
-    wipe = overwrite and not parts.merge
+    wipe = opts.overwrite and not parts.merge
     store = PartStore(parts.folder(out), store_meta, tables, overwrite=wipe, clear_keys=None if single else mine)
 
     def done(k: str) -> bool:
@@ -406,9 +407,9 @@ def _run(
             "%d of %d case-day(s) already predicted in %s (skipped)", len(mine) - len(todo), len(mine), store.folder
         )
     overlay_dir = out.with_name(out.stem + "_overlays")
-    outputs = _Outputs(spec, classes, save_probs, overlays, overlay_dir, wipe and single, store)
+    outputs = _Outputs(spec, classes, save_probs, opts.overlays, overlay_dir, wipe and single, store)
     if todo:
-        models = load_models(spec, device, loaders)
+        models = load_models(spec, opts.device, opts.loaders)
         check_model_classes(models, classes)
         engine = make_engine(spec, models, batch_size or spec.batch_size, exclusive_classes)  # once per run
 
@@ -424,8 +425,6 @@ def _run(
                 writer.submit(save, key, ids, volume, res)
     missing = [k for k in keys if not done(k)]
     if missing and parts.merge:
-        from inference.parts import missing_message
-
         raise ValueError(missing_message(store.folder, missing, len(keys)))
     return store, outputs, missing, todo
 
@@ -489,8 +488,6 @@ def infer(
         from the tree, NaN in a probability map, classes of the spec or a model that differ from the data's, a
         parts folder of another spec, ``--merge`` with case-days missing), each naming the file.
     """
-    from inference.parts import PartPlan, file_digest, pending, spec_digest
-
     parts = parts or PartPlan()
     if work is not None:
         if data_root is not None:
@@ -545,38 +542,49 @@ def infer(
             spacing = (float(g["px_h"].iloc[0]), float(g["px_w"].iloc[0]))
             yield cd, g["id"].tolist(), partial(_read_volume, paths, (h, w), pool), spacing
 
-    meta = {
-        "output": "submission",
-        "spec": spec_digest(spec),
-        "classes": list(KAGGLE.classes),
-        "sample": file_digest(sample_path),
-    }
-    columns = ["id", "class", "predicted"]
+    opts = _RunOptions(batch_size, device, loaders, save_probs, overlays, overwrite, parts)
     try:
-        store, outputs, missing, predicted = _run(
-            spec,
-            case_days,
-            items,
-            out,
-            meta,
-            lambda st, cd, ids, res: st.write(cd, encode_rows(ids, res.masks), columns),
-            classes=KAGGLE.classes,
-            exclusive_classes=False,
-            batch_size=batch_size,
-            device=device,
-            loaders=loaders,
-            save_probs=save_probs,
-            overlays=overlays,
-            overwrite=overwrite,
-            parts=parts,
-        )
+        return _submission(spec, case_days, items, out, KAGGLE.classes, False, sample, sample_path, opts)
     finally:
         if pool is not None:
             pool.shutdown()
-    if missing or not parts.finish:
-        return pending(columns, missing, predicted, store.folder)
-    outputs.finish(case_days)
-    return _write_submission(store, case_days, sample, str(sample_path), out)
+
+
+#: The columns of a submission (and of its parts).
+SUBMISSION_COLUMNS = ["id", "class", "predicted"]
+
+
+def _submission(
+    spec: Spec,
+    keys: Sequence[str],
+    items: Callable[[Sequence[str]], Iterable[Item]],
+    out: Path,
+    classes: Sequence[str],
+    exclusive_classes: bool,
+    sample: pd.DataFrame | None,
+    sample_path: Path | None,
+    opts: _RunOptions,
+) -> pd.DataFrame:
+    """Predict ``keys`` into submission parts (:func:`_run`) and, when every part is there, write the submission
+    ``out`` from them (:func:`_write_submission`); a process whose other parts are missing returns
+    :func:`inference.parts.pending`."""
+    meta = {
+        "output": "submission",
+        "spec": spec_digest(spec),
+        "classes": list(classes),
+        "sample": file_digest(sample_path),
+    }
+
+    def write_rows(store: Any, key: str, ids: list[str], res: CaseDayResult) -> None:
+        store.write(key, encode_rows(ids, res.masks, classes), SUBMISSION_COLUMNS)
+
+    store, outputs, missing, predicted = _run(
+        spec, keys, items, out, meta, write_rows, classes, exclusive_classes, opts
+    )
+    if missing or not opts.parts.finish:
+        return pending(SUBMISSION_COLUMNS, missing, predicted, store.folder)
+    outputs.finish(keys)
+    return _write_submission(store, keys, sample, str(sample_path or "manifest order"), out)
 
 
 def _check_sample(sample: pd.DataFrame | None, ids: set[str], sample_path: Path, where: Path) -> None:
@@ -596,7 +604,7 @@ def _write_submission(
     """The submission from the parts of ``keys`` (``store``: :class:`inference.parts.PartStore`), in ``keys``
     order, then in ``sample`` order when given (:func:`inference.submission.order_rows`); written atomically."""
     rows = store.assemble(keys)
-    sub = order_rows(rows.reindex(columns=["id", "class", "predicted"]), sample, source)
+    sub = order_rows(rows.reindex(columns=SUBMISSION_COLUMNS), sample, source)
     atomic_write_text(out, sub.to_csv(index=False, lineterminator="\n"), overwrite=True)
     logger.info("wrote %s: %d rows, %d case-days", out, len(sub), len(keys))
     return sub
@@ -650,8 +658,6 @@ def infer_work(
             model that differ from the WORK's, no writer for the format, a parts folder of another run, ``--merge``
             with volumes missing.
     """
-    from inference.parts import PartPlan, file_digest, pending, spec_digest
-
     parts = parts or PartPlan()
     work = check_work(work, need_masks=False, need_splits=False)
     info = read_dataset(work)
@@ -669,18 +675,7 @@ def infer_work(
             spacing = volume_spacing(info, key, first.loc[[key]])
             yield key, groups[key], partial(_load_checked, work, key, info, len(groups[key])), spacing
 
-    run = partial(
-        _run,
-        classes=info.classes,
-        exclusive_classes=exclusive_classes,
-        batch_size=batch_size,
-        device=device,
-        loaders=loaders,
-        save_probs=save_probs,
-        overlays=overlays,
-        overwrite=overwrite,
-        parts=parts,
-    )
+    opts = _RunOptions(batch_size, device, loaders, save_probs, overlays, overwrite, parts)
     if info.format == "kaggle":
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -689,22 +684,7 @@ def infer_work(
             raise FileNotFoundError(f"sample submission {sample_path} not found")
         sample = read_sample(sample_path)
         _check_sample(sample, set(manifest["id"]), sample_path or Path("sample"), work)
-        meta = {
-            "output": "submission",
-            "spec": spec_digest(spec),
-            "classes": list(info.classes),
-            "sample": file_digest(sample_path),
-        }
-        columns = ["id", "class", "predicted"]
-
-        def write_rows(store: Any, key: str, ids: list[str], res: CaseDayResult) -> None:
-            store.write(key, encode_rows(ids, res.masks, info.classes), columns)
-
-        store, outputs, missing, predicted = run(spec, keys, items, out, meta, write_rows)
-        if missing or not parts.finish:
-            return pending(columns, missing, predicted, store.folder)
-        outputs.finish(keys)
-        return _write_submission(store, keys, sample, str(sample_path or "manifest order"), out)
+        return _submission(spec, keys, items, out, info.classes, exclusive_classes, sample, sample_path, opts)
 
     fmt = prediction_format(info.format)
     single = parts.num_parts == 1 and not parts.merge
@@ -723,9 +703,10 @@ def infer_work(
     def file_of(store: Any, key: str) -> str:
         return str(store.read(key)["path"].iloc[0])
 
-    store, outputs, missing, predicted = run(
-        spec, keys, items, out, meta, write_volume, extra_done=lambda st, k: (out / file_of(st, k)).exists()
-    )
+    store, outputs, missing, predicted = _run(
+        spec, keys, items, out, meta, write_volume, info.classes, exclusive_classes, opts,
+        extra_done=lambda st, k: (out / file_of(st, k)).exists(),
+    )  # fmt: skip
     if missing or not parts.finish:
         return pending(["key", "path", "skipped"], missing, predicted, store.folder)
     outputs.finish(keys)

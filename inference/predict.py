@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from common.probmaps import ProbWriter
+from common.probmaps import ProbDir, ProbWriter
 from data_prep.constants import REPO_ROOT, default_work_dir
 from data_prep.dataset import DatasetInfo
 from data_prep.work import (
@@ -39,7 +39,7 @@ from data_prep.work import (
 )
 from ensembles.core import exclusive
 from evaluation.metric import case_day_metrics, score_case_day
-from inference.overlap import Background, prefetch
+from inference.overlap import Background, in_memory, prefetch
 from training.config import config_name
 
 logger = logging.getLogger(__name__)
@@ -166,18 +166,17 @@ def write_work_maps(
         cd, ids = item
         if writer.done(cd):
             return None
-        vol = load_channels(work, cd, info)
-        return np.array(vol) if isinstance(vol, np.memmap) else vol
+        return in_memory(load_channels(work, cd, info))
+
+    written = ProbDir(out) if resumed else None  # the maps of the resumed case-days, as written
 
     def save(cd: str, ids: Sequence[str], probs: np.ndarray | None) -> None:
-        if probs is None:  # resumed: the map as written
-            probs16 = np.load(Path(out) / f"{cd}.npy")
-        else:
+        if probs is not None:
             writer.add(cd, ids, probs)
-            probs16 = probs.astype(np.float16)
         if has_mask(work, cd):
             truth = info.unpack(np.asarray(load_mask(work, cd))).astype(bool)
-            scored = probs16.astype(np.float32)
+            # scored as written (float16), so a resumed folder's metrics equal an uninterrupted run's
+            scored = written.load(cd) if probs is None else probs.astype(np.float16).astype(np.float32)
             pred = scored > threshold
             if info.label_kind == "exclusive":  # one class per pixel, as the ensemble rule predicts them
                 pred = exclusive(pred, scored)
@@ -259,12 +258,13 @@ def predict_work(
     """
     import torch
 
+    from ensembles.spec import check_planes, check_tta_25d
     from gating.crop import read_boxes
     from inference.device_ops import volume_to_device
-    from inference.engine import Job, check_planes, check_tta, run_25d
+    from inference.engine import Job, run_25d
     from segmenters.mm.inference import Segmenter
 
-    tta, planes = check_tta(tta, "--tta"), check_planes(planes, "--planes")
+    tta, planes = check_tta_25d(tta, "--tta"), check_planes(planes, "--planes")
     work = Path(work or default_work_dir())
     groups = select_case_days(work, fold)
     k = None if fold is None else parse_folds(fold, int(read_splits(work).get("n_folds", 5)))[0]

@@ -37,6 +37,7 @@ from mmseg.structures import SegDataSample
 
 from data_prep.constants import SPLIT_VARIANTS
 from data_prep.dataset import KAGGLE, DatasetInfo
+from data_prep.plan import norm_mode
 from data_prep.work import (
     SPLITS,
     check_variant,
@@ -48,7 +49,7 @@ from data_prep.work import (
     select_ids,
 )
 from gating.crop import crop, read_boxes
-from segmenters.mm.stacks import Norm, check_norm, norm_mode, read_stack, resize_image
+from segmenters.mm.stacks import Norm, check_norm, read_stack, resize_image
 
 logger = logging.getLogger(__name__)
 

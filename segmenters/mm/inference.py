@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 import segmenters.mm  # noqa: F401  (the mmcv-lite shim and the registered modules, before any mmseg import)
+from data_prep.plan import norm_mode
 from data_prep.volumes import stack_indices
 from data_prep.work import read_dataset
 from gating.crop import crop_resize, full_box, paste_resize
-from segmenters.mm.stacks import check_norm, norm_mode, normalise_stack
+from segmenters.mm.stacks import check_norm, normalise_stack
 from training.checks import check_dataset_matches, load_checked_weights, volume_channels
 from training.config import build_model, config_for_checkpoint, model_classes
 

@@ -17,22 +17,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from data_prep.plan import CT_MODE, ct_normalise, ct_params
+from data_prep.plan import CT_MODE, STACK_NORM_MODES, ct_normalise, ct_params
 from data_prep.volumes import stack_indices
 
 #: Normalisation modes of :func:`normalise_stack` (``ct`` only as a dict with its parameters).
-NORM_MODES: tuple[str, ...] = ("max", "minmax", "percentile", "volume_max", "none", CT_MODE)
+NORM_MODES: tuple[str, ...] = STACK_NORM_MODES
 #: A ``stack.norm`` value: a mode name, or ``dict(mode=..., **parameters)``.
 Norm = str | Mapping[str, Any]
-
-
-def norm_mode(norm: Norm) -> str:
-    """The mode of a normalisation: the name itself, or the dict's ``mode``.
-
-    >>> norm_mode("max"), norm_mode({"mode": "ct", "clip": (0, 1), "mean": 0.5, "std": 0.2})
-    ('max', 'ct')
-    """
-    return str(norm.get("mode", "")) if isinstance(norm, Mapping) else str(norm)
 
 
 def check_norm(norm: Any, channels: int = 1, where: str = "norm") -> Norm:

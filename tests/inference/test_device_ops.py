@@ -16,7 +16,6 @@ from data_prep.volumes import stack_indices
 from ensembles.spec import PLANES, TTA_25D
 from gating.crop import crop_resize, full_box, paste_resize
 from inference.device_ops import (
-    NORM_MODES,
     crop_resize_batch,
     from_plane,
     gather_stacks,
@@ -29,7 +28,6 @@ from inference.device_ops import (
     tta_merge,
     volume_to_device,
 )
-from segmenters.mm.stacks import NORM_MODES as STACK_NORM_MODES
 from segmenters.mm.stacks import normalise_stack
 
 
@@ -109,10 +107,6 @@ def test_gather_stacks_matches_host_stacks():
 
 CT1 = {"mode": "ct", "clip": (1000, 50000), "mean": 20000.5, "std": 9000.25}
 CT2 = {"mode": "ct", "clip": [(1000, 50000), (0, 30000)], "mean": [20000.5, 100.0], "std": [9000.25, 3.5]}
-
-
-def test_norm_modes_are_the_stack_modes():
-    assert NORM_MODES == STACK_NORM_MODES
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import segmenters.mm  # noqa: F401  (mmcv-lite shim before mmseg)
+from data_prep.plan import norm_mode
 from data_prep.volumes import stack_indices
 from ensembles.spec import validate_spec
 from gating.crop import crop_resize, full_box, paste_resize
@@ -18,7 +19,7 @@ from inference.device_ops import from_plane, plane_stride, to_plane, volume_to_d
 from inference.engine import Engine, EngineModel, Job, Recipe, forward_tta, run_25d
 from inference.pipeline import LoadedModel, make_engine, predict_case_day
 from segmenters.mm.inference import Segmenter
-from segmenters.mm.stacks import norm_mode, normalise_stack
+from segmenters.mm.stacks import normalise_stack
 from training.config import build_model, load_config
 
 REPO = Path(__file__).resolve().parents[2]

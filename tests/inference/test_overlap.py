@@ -18,7 +18,8 @@ def test_prefetch_keeps_order_and_loads_at_most_depth_ahead():
         assert len(loaded) <= item + 3  # the current item and at most 2 ahead
         seen.append((item, value))
     assert seen == [(i, i * i) for i in range(6)] and loaded == list(range(6))
-    assert list(prefetch([1, 2], lambda i: -i, depth=0)) == [(1, -1), (2, -2)]
+    with pytest.raises(ValueError, match="depth"):
+        next(prefetch([1, 2], lambda i: -i, depth=0))
 
 
 def test_prefetch_raises_the_error_at_its_item():

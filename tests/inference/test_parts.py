@@ -86,8 +86,16 @@ def kaggle(tmp_path_factory) -> tuple[Path, Path]:
     """A Kaggle WORK of 5 case-days (4 slices of 12 x 10) and a one-model spec (no gate)."""
     tmp = tmp_path_factory.mktemp("parts")
     work, _ = make_work(tmp / "work", classes=KAGGLE.classes, fmt="kaggle", keys=KEYS, shape=(4, 12, 10))
-    for name in ("seg_0.pth", "m.py"):
-        (tmp / name).write_text("")
+    post = {"post": {"max_prob_floor": 0.0, "min_component": 0}}
+    _one_model_spec(tmp, "spec.yaml", **post)
+    _one_model_spec(tmp, "other.yaml", thresholds=0.6, **post)
+    return work, tmp
+
+
+def _one_model_spec(folder: Path, name: str = "spec.yaml", **changes) -> Path:
+    """A spec of one stand-in 2.5D model (fold 0; its checkpoint and config files exist, empty) in ``folder``."""
+    for f in ("seg_0.pth", "m.py"):
+        (folder / f).write_text("")
     raw = {
         "name": "one",
         "folds": [0],
@@ -95,12 +103,10 @@ def kaggle(tmp_path_factory) -> tuple[Path, Path]:
         "gate": {"method": "none"},
         "fusion": {"weight_2d": 1.0, "weight_3d": 0.0},
         "thresholds": 0.5,
-        "post": {"max_prob_floor": 0.0, "min_component": 0},
+        **changes,
     }
-    (tmp / "spec.yaml").write_text(yaml.safe_dump(raw))
-    raw["thresholds"] = 0.6
-    (tmp / "other.yaml").write_text(yaml.safe_dump(raw))
-    return work, tmp
+    (folder / name).write_text(yaml.safe_dump(raw))
+    return folder / name
 
 
 @pytest.fixture(scope="module")
@@ -237,18 +243,7 @@ def test_num_parts_of_a_volume_folder(tmp_path, monkeypatch):
     calls: list = []
     monkeypatch.setitem(PREDICTION_FORMATS, "slices", fake_format(calls))
     work, _ = make_work(tmp_path / "work", classes=KAGGLE.classes, keys=KEYS[:3], shape=(3, 8, 6))
-    for name in ("seg_0.pth", "m.py"):
-        (tmp_path / name).write_text("")
-    raw = {
-        "name": "one",
-        "folds": [0],
-        "models": [{"name": "seg", "kind": "2.5d", "config": "m.py", "checkpoints": "seg_{fold}.pth"}],
-        "gate": {"method": "none"},
-        "fusion": {"weight_2d": 1.0, "weight_3d": 0.0},
-        "thresholds": 0.5,
-    }
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
-    spec = load_spec(tmp_path / "spec.yaml", root=tmp_path, classes=KAGGLE.classes)
+    spec = load_spec(_one_model_spec(tmp_path), root=tmp_path, classes=KAGGLE.classes)
     one = infer(None, spec, tmp_path / "one", work=work, loaders=LOADERS)
     out = tmp_path / "pred"
     pp = tmp_path / "elsewhere"  # --parts-dir
