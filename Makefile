@@ -15,6 +15,7 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg
 	$(PY) -m pip install --quiet --upgrade "pip<26" 2>/dev/null || true
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m viewer.vendor
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -21,7 +21,7 @@ from train_helpers import REPO, load_tool
 
 from data_prep.__main__ import main as data_prep_main
 from data_prep.readers.nnunet import read_prediction, write_prediction
-from data_prep.work import read_dataset
+from data_prep.work import read_dataset, read_splits
 from ensembles.__main__ import main as ensembles_main
 from evaluation.metric import dsc_3d, score_case_day
 
@@ -37,19 +37,21 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Prepare, train, predict once for the tests of this module."""
     tmp = tmp_path_factory.mktemp("mricron_pipeline")
     ds = mricron_nnunet(tmp / "ds", regions=True, n_slabs=6, slab=18, z0=52)
+    # The test case is also a training case (fold 0 trains on it): 300 CPU iterations on five 18-slice slabs do not
+    # generalise from one brain height to another reliably (the DSC on an unseen slab ranged 0.05-0.6 with the
+    # thread count), and what this module checks is the pipeline (formats, geometry, fusion, scores), not the model.
     for sub_from, sub_to, name in (
         ("imagesTr", "imagesTs", f"{TEST_CASE}_0000.nii.gz"),
         ("labelsTr", "labelsTs", f"{TEST_CASE}.nii.gz"),
     ):
         (ds.root / sub_to).mkdir(exist_ok=True)
-        shutil.move(ds.root / sub_from / name, ds.root / sub_to / name)
-    meta = json.loads((ds.root / "dataset.json").read_text())
-    (ds.root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 5}))
+        shutil.copy(ds.root / sub_from / name, ds.root / sub_to / name)
 
     work, work_test = tmp / "work", tmp / "work_test"
     for out, split in ((work, "train"), (work_test, "test")):
         assert data_prep_main(["-q", "prepare", "--data-root", str(ds.root), "--out", str(out), "--split", split]) == 0
     assert data_prep_main(["-q", "export", "3d", "--work", str(work), "--fold", "0"]) == 0
+    assert TEST_CASE not in read_splits(work)["folds"][0]["val_cases"], "fold 0 must train on the test case"
 
     train = load_tool("train")
     runs = {}
@@ -126,7 +128,7 @@ def test_trained_ensemble_beats_all_empty_and_scores_equal_a_hand_computation(pi
     mean_model = np.mean([hand[c] for c in present])
     mean_empty = np.mean([scores["empty"]["dsc_3d"][0][f"dsc_{info.classes[c]}"] for c in present])
     assert mean_empty == 0.0
-    assert mean_model > 0.2 > mean_empty
+    assert mean_model > 0.5 > mean_empty
 
     # a small crop scored by the metric equals a count by hand
     z, y, x = (slice(8, 12), slice(20, 30), slice(24, 36))

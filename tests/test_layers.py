@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "data_prep", "evaluation", "training", "gating", "segmenters", "ensembles", "inference", "tools")
+PACKAGES = (
+    "common",
+    "data_prep",
+    "evaluation",
+    "training",
+    "gating",
+    "segmenters",
+    "ensembles",
+    "inference",
+    "viewer",
+    "tools",
+)
 LINT = Path(sys.executable).with_name("lint-imports")
 
 
