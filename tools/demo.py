@@ -4,7 +4,8 @@ The demo is the list :data:`STEPS`: each step is a command a user would type (``
 (``Write``: an ensemble spec, the score table, the pictures). Commands are templates filled from the demo's size
 and folders; every command's log is in ``{out}/logs/``. A finished step is not run again (``{out}/steps/{name}.done``),
 so an interrupted demo resumes where it stopped; ``--overwrite`` starts over. Everything lands in ``{out}``:
-``submission.csv``, ``scores.md`` / ``scores.csv``, ``pictures/`` (overlays, training curves), the runs themselves.
+``submission.csv``, ``scores.md`` / ``scores.csv``, ``pictures/`` (overlays, training curves), ``report/`` (the
+viewer's static report of the test case-days), the runs themselves.
 
 On CPU the demo is deterministic: every model is seeded, data loaders run in the main process, and two runs on
 one machine print the same table (another machine, or another number of threads, may change the last digits of
@@ -285,6 +286,11 @@ STEPS: tuple[Run | Write, ...] = (
     )),
     Write("scores", "score every submission against the held-back test labels", _score_table),
     Write("pictures", "training curves, montages and overlays of two test case-days", _pictures),
+    Run("prepare_test", "the test tree as a WORK, for the viewer (its scans under the predictions)",
+        ("-m", "data_prep", "-q", "prepare", "--data-root", "{data}", "--split", "test", "--out", "{out}/work_test")),
+    Run("report", "the viewer's static report: three planes, 3D, scores, training curves ({out}/report/index.html)",
+        ("-m", "viewer", "--work", "{out}/work_test", "--pred", "{out}/submission.csv", "--truth",
+         "{data}/test_truth.csv", "--runs", "{runs}", "--export", "{out}/report", "--overwrite")),
 )  # fmt: skip
 
 
@@ -365,11 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.read_csv(out / "scores.csv")
     logger.info("\n%s\n", table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     logger.info(
-        "done in %.0f s. submission: %s\nscores: %s\npictures: %s",
+        "done in %.0f s. submission: %s\nscores: %s\npictures: %s\nreport: %s\nviewer: %s",
         time.perf_counter() - t0,
         out / "submission.csv",
         out / "scores.md",
         out / "pictures",
+        out / "report" / "index.html",
+        f"python -m viewer --work {out}/work_test --pred {out}/submission.csv --truth {out}/data/test_truth.csv",
     )
     return 0
 

@@ -54,6 +54,13 @@ def test_demo_tiny(tmp_path):
     assert any(p.startswith("case") for p in pics), pics
     assert (out / "ensemble_tuned.yaml").is_file() and (out / "ensemble_tuned_report.md").is_file()
 
+    # the viewer's static report of the test case-days, scored as the score table scores the submission
+    report = out / "report"
+    assert (report / "index.html").is_file() and (report / "static" / "vendor" / "niivue.umd.js").is_file()
+    table = pd.read_csv(report / "scores.csv")
+    assert sorted(table["case"]) == sorted(test["case_day"].unique())
+    assert table["score"].between(0, 1).all() and len(list((report / "curves").glob("*.png"))) >= 4
+
     # a second run finds every step done and changes nothing
     before = (out / "submission.csv").read_bytes()
     r2 = subprocess.run(

@@ -173,3 +173,10 @@ def test_export_writes_a_report_that_holds_the_cases(nnunet_study, tmp_path) -> 
         export_report(nnunet_study["work"], out, nnunet_study["pred"])
     with pytest.raises(ValueError, match="case_00"):
         export_report(nnunet_study["work"], tmp_path / "r2", nnunet_study["pred"], cases=["case_00"])
+
+
+def test_command_line_names_bad_input(tmp_path, capsys) -> None:
+    from viewer.__main__ import main  # noqa: PLC0415
+
+    assert main(["--work", str(tmp_path / "no_work")]) == 2
+    assert "no_work" in capsys.readouterr().err

@@ -160,3 +160,13 @@ def test_static_report_opens_from_disk(nnunet_study, tmp_path, page) -> None:
     for c in CANVASES:
         assert drawn(pixels(page, c)) > (0.2 if c != "render" else 0.03), c
     assert page.locator("#scores tr[data-class]").count() == 3
+
+
+def test_screenshot_command_writes_the_picture(nnunet_study, tmp_path) -> None:
+    from viewer.__main__ import main  # noqa: PLC0415
+
+    png = tmp_path / "view.png"
+    args = ["--work", str(nnunet_study["work"]), "--pred", str(nnunet_study["pred"]), "--screenshot", str(png)]
+    assert main([*args, "--case", "case_004", "--mode", "diff", "--hide", "spleen", "--size", "1000x700"]) == 0
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert img.shape == (700, 1000, 3) and drawn(img) > 0.3

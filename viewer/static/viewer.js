@@ -302,7 +302,7 @@
       const tr = document.createElement("tr");
       tr.dataset.key = row.key;
       if (row.key === state.key) tr.className = "selected";
-      const marks = (row.has_pred ? "" : " (no prediction)") + (row.has_truth || !row.has_pred ? "" : "");
+      const marks = state.study.pred && !row.has_pred ? " (no prediction)" : "";
       tr.innerHTML = `<td>${row.key}${marks}</td><td>${fmt(row.score)}</td><td>${fmt(row.dsc)}</td>`;
       tr.addEventListener("click", () => openCase(row.key));
       body.appendChild(tr);
