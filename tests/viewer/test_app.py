@@ -180,3 +180,22 @@ def test_command_line_names_bad_input(tmp_path, capsys) -> None:
 
     assert main(["--work", str(tmp_path / "no_work")]) == 2
     assert "no_work" in capsys.readouterr().err
+
+
+def test_segment_a_kaggle_tree_gives_a_submission_shown_over_its_truth(kaggle_study, tmp_path, monkeypatch) -> None:
+    """A Kaggle tree without test/ is predicted on its train/ scans; their labels become the truth shown."""
+    from viewer.jobs import SegmentJobs  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    opened = {}
+    jobs = SegmentJobs(tmp_path / "runs", loaders=LOADERS, on_done=lambda w, p: opened.update(study=open_study(w, p)))
+    jobs.submit(str(kaggle_study["data"]), str(write_spec(tmp_path)))
+    status = jobs.wait(120)
+    assert status["state"] == "done", status["message"]
+    study = opened["study"]
+    days = len(open_study(kaggle_study["work"]).keys)  # the same scans, prepared by the fixture
+    assert status["done"] == status["total"] == days == len(study.keys) > 5
+    assert status["result"]["pred"].endswith("submission.csv")
+    assert study.pred.kind == "csv" and study.truth.kind == "work" and len(study.scorable()) == days
+    s = study.scores(study.keys[0])
+    assert 0.0 <= s["score"] <= 1.0 and set(s["classes"]) == {"large_bowel", "small_bowel", "stomach"}

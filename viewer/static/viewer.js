@@ -170,8 +170,21 @@
       }
       state.meshes.push(entry);
     }
+    r.volScaleMultiplier = zoomToClasses(use);
     r.setRenderAzimuthElevation(120, 15);
     r.drawScene();
+  }
+
+  // the 3D view fits the volume's outline; zoom so that the classes' joint box fills about 70 % of it
+  function zoomToClasses(source) {
+    const meta = state.meta;
+    const boxes = (meta.boxes[source] || []).filter(Boolean);
+    if (!boxes.length) return 1;
+    const sp = meta.spacing;
+    const diag = (lo, hi) => Math.hypot(...[0, 1, 2].map((a) => (hi[a] - lo[a]) * sp[a]));
+    const lo = [0, 1, 2].map((a) => Math.min(...boxes.map((b) => b[0][a])));
+    const hi = [0, 1, 2].map((a) => Math.max(...boxes.map((b) => b[1][a])));
+    return Math.min(3, Math.max(1, (0.7 * diag([0, 0, 0], meta.shape)) / Math.max(diag(lo, hi), 1e-6)));
   }
 
   // ------------------------------------------------------------------ crosshair, sliders, window / level
@@ -321,7 +334,7 @@
       return;
     }
     const tol = fmt(s.tolerance, 1);
-    let html = `<tr><th>class</th><th>DSC</th><th>NSD@${tol}mm</th><th>HD95 (mm)</th></tr>`;
+    let html = `<tr><th>class</th><th>DSC</th><th>NSD@${tol}mm</th><th title="95th-percentile Hausdorff distance, mm">HD95 mm</th></tr>`;
     meta.classes.forEach((name, c) => {
       const v = s.classes[name];
       html += `<tr data-class="${name}"><td><span class="swatch" style="background:${rgb(meta.colours[c])}"></span> ${name}</td>` +
