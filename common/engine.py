@@ -12,8 +12,9 @@ import logging
 import os
 import random
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -71,6 +72,22 @@ def teardown_distributed() -> None:
     others are not waited for (torchrun ends them)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(rc: int) -> NoReturn:
+    """End a command-line process with exit status ``rc``.
+
+    Under a distributed launcher (``LOCAL_RANK`` set by ``torchrun``) the interpreter's own teardown is skipped:
+    logs and standard streams are flushed, then ``os._exit``. Backend threads (gloo) can still abort a finished
+    process in C++ destructors at interpreter exit ("terminate called without an active exception", exit -6) after
+    :func:`teardown_distributed`, which turns a finished run into a failed one. Elsewhere: ``sys.exit(rc)``.
+    """
+    if os.environ.get("LOCAL_RANK") is None:
+        sys.exit(rc)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 def default_device() -> str:

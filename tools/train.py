@@ -73,4 +73,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common.engine import exit_process
+
+    exit_process(main())  # under torchrun: no interpreter teardown after the run (see its docstring)

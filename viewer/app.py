@@ -162,7 +162,7 @@ def create_app(state: ViewerState) -> FastAPI:
 
     @app.get("/api/curves")
     def get_curves() -> JSONResponse:
-        return JSONResponse([{"name": _curve_name(p), "url": f"/curves/{i}.png"} for i, p in enumerate(state.curves)])
+        return JSONResponse([{"name": curve_name(p), "url": f"/curves/{i}.png"} for i, p in enumerate(state.curves)])
 
     @app.get("/curves/{i}.png")
     def get_curve(i: int) -> FileResponse:
@@ -173,7 +173,7 @@ def create_app(state: ViewerState) -> FastAPI:
     return app
 
 
-def _curve_name(p: Path) -> str:
+def curve_name(p: Path) -> str:
     """A curve's label: the run folder holding it (``work_dirs/unet/fold_0/training_curve.png`` -> ``unet/fold_0``)."""
     parts = p.parent.parts[-2:]
     return "/".join(parts)

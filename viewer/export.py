@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.io import atomic_write_text
-from viewer.app import BUNDLE_JS, STATIC, check_vendor, find_curves, study_json
+from viewer.app import BUNDLE_JS, STATIC, check_vendor, curve_name, find_curves, study_json
 from viewer.study import case_bundle, open_study, score_all
 
 #: Cases exported when none are named: the worst-scoring ones (all when unscored), at most this many.
@@ -135,7 +135,7 @@ def export_report(
         report["cases"][key] = {"meta": bundle.meta, "script": script}
     for i, curve in enumerate(curves):
         shutil.copyfile(curve, tmp / "curves" / f"{i}.png")
-        report["curves"].append({"name": "/".join(curve.parent.parts[-2:]), "url": f"curves/{i}.png"})
+        report["curves"].append({"name": curve_name(curve), "url": f"curves/{i}.png"})
     (tmp / "data" / "report.js").write_text(_js("REPORT", report))
     page = (STATIC / "index.html").read_text()
     page = page.replace("<!-- REPORT DATA -->", '<script src="data/report.js"></script>')

@@ -5,7 +5,10 @@ folder its error, the static report opens from disk. Skips (saying what to insta
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 CANVASES = ("axial", "coronal", "sagittal", "render")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def pixels(page, canvas: str) -> np.ndarray:
@@ -163,10 +167,11 @@ def test_static_report_opens_from_disk(nnunet_study, tmp_path, page) -> None:
 
 
 def test_screenshot_command_writes_the_picture(nnunet_study, tmp_path) -> None:
-    from viewer.__main__ import main  # noqa: PLC0415
-
+    """``python -m viewer --screenshot`` (its own process: Playwright's sync API takes the thread's event loop)."""
     png = tmp_path / "view.png"
     args = ["--work", str(nnunet_study["work"]), "--pred", str(nnunet_study["pred"]), "--screenshot", str(png)]
-    assert main([*args, "--case", "case_004", "--mode", "diff", "--hide", "spleen", "--size", "1000x700"]) == 0
+    args += ["--case", "case_004", "--mode", "diff", "--hide", "spleen", "--size", "1000x700"]
+    r = subprocess.run([sys.executable, "-m", "viewer", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     img = np.asarray(Image.open(png).convert("RGB"))
-    assert img.shape == (700, 1000, 3) and drawn(img) > 0.3
+    assert img.shape == (700, 1000, 3) and drawn(img) > 0.15  # off the page background: the scans, panels, text
