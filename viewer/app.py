@@ -16,7 +16,6 @@ Nothing is fetched from the network: the page's scripts are served from ``viewer
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,8 +29,6 @@ from pydantic import BaseModel
 
 from viewer.jobs import JobBusy, SegmentJobs
 from viewer.study import DIFF_COLOURS, BundleCache, Study, class_colours, open_study, score_all
-
-logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 BUNDLE_JS = STATIC / "vendor" / "niivue.umd.js"
@@ -94,11 +91,9 @@ class ViewerState:
     default_spec: str = ""
     default_folder: str = ""
     cache: BundleCache = field(default_factory=BundleCache)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open(self, study: Study) -> None:
-        with self._lock:
-            self.study = study
+        self.study = study  # requests that started on the old study finish on it
         self.score_in_background()
 
     def score_in_background(self) -> None:
@@ -113,22 +108,19 @@ def create_app(state: ViewerState) -> FastAPI:
     app.state.viewer = state
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    def study_of() -> Study:
-        return state.study
-
     @app.get("/")
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/study")
     def get_study() -> JSONResponse:
-        body = study_json(study_of(), state.title)
+        body = study_json(state.study, state.title)
         body["segment"] = {"folder": state.default_folder, "spec": state.default_spec, **state.jobs.snapshot()}
         body["curves"] = len(state.curves)
         return JSONResponse(body)
 
     def bundle(key: str):
-        study = study_of()
+        study = state.study
         if key not in study.keys:
             raise HTTPException(404, f"no case {key!r} in {study.work}")
         try:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.io import atomic_write_text
-from viewer.app import BUNDLE_JS, STATIC, check_vendor, curve_name, find_curves, study_json
-from viewer.study import case_bundle, open_study, score_all
+from common.io import markdown_table
+from viewer.app import STATIC, check_vendor, curve_name, find_curves, study_json
+from viewer.study import Study, case_bundle, open_study, score_all
 
 #: Cases exported when none are named: the worst-scoring ones (all when unscored), at most this many.
 DEFAULT_CASES = 6
@@ -38,34 +38,22 @@ def _js(name: str, value: object) -> str:
     return f"window.{name} = {json.dumps(value, separators=(',', ':'))};\n"
 
 
-def scores_table(study_body: dict, study) -> pd.DataFrame:
-    """One row per case: ``case, score, dsc`` then ``dsc_{class}, nsd_{class}, hd95_{class}`` (empty without
-    scores)."""
+def scores_table(study: Study) -> pd.DataFrame:
+    """One row per case: ``case, score, dsc`` (the case list's) then ``dsc_{class}, nsd_{class}, hd95_{class}``;
+    NaN where a case has no scores."""
     rows = []
-    for row in study_body["cases"]:
-        s = study.cached_scores(row["key"])
-        rec = {"case": row["key"], "score": row["score"], "dsc": row["dsc"]}
+    for key in study.keys:
+        row, s = study.case_row(key), study.cached_scores(key)
+        rec = {"case": key, "score": row["score"], "dsc": row["dsc"]}
         for name in study.classes:
             for metric in ("dsc", "nsd", "hd95"):
                 rec[f"{metric}_{name}"] = None if s is None else s["classes"][name][metric]
         rows.append(rec)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.astype({c: float for c in table.columns if c != "case"})  # None -> NaN
 
 
-def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
-    """A Markdown table of ``table`` (floats with ``digits`` decimals, missing values as ``-``)."""
-
-    def cell(v: object) -> str:
-        if v is None or (isinstance(v, float) and v != v):
-            return "-"
-        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def choose_cases(study, cases: Sequence[str] | None, limit: int = DEFAULT_CASES) -> list[str]:
+def choose_cases(study: Study, cases: Sequence[str] | None, limit: int = DEFAULT_CASES) -> list[str]:
     """The cases to export: those named (checked), else the ``limit`` worst-scoring (the first ones unscored).
 
     Raises:
@@ -81,10 +69,9 @@ def choose_cases(study, cases: Sequence[str] | None, limit: int = DEFAULT_CASES)
                 f"--cases {unknown[0]!r} is not a case of {study.work}" + (f"; close: {hint}" if hint else "")
             )
         return list(dict.fromkeys(cases))
-    scored = [(study.cached_scores(k)["score"], k) for k in study.keys if study.cached_scores(k) is not None]
-    if scored:
-        return [k for _, k in sorted(scored, key=lambda t: (t[0] is None, t[0] if t[0] is not None else 0))[:limit]]
-    return study.keys[:limit]
+    scores = {k: (study.cached_scores(k) or {}).get("score") for k in study.keys}
+    scored = sorted((v, k) for k, v in scores.items() if v is not None)
+    return [k for _, k in scored[:limit]] if scored else study.keys[:limit]
 
 
 def export_report(
@@ -140,11 +127,9 @@ def export_report(
     page = (STATIC / "index.html").read_text()
     page = page.replace("<!-- REPORT DATA -->", '<script src="data/report.js"></script>')
     (tmp / "index.html").write_text(page)
-    table = scores_table(body, study)
+    table = scores_table(study)
     table.to_csv(tmp / "scores.csv", index=False)
-    atomic_write_text(tmp / "scores.md", markdown_table(table))
-    if not (tmp / "static" / "vendor" / BUNDLE_JS.name).is_file():
-        raise FileNotFoundError(f"{BUNDLE_JS} was not copied into the report")
+    (tmp / "scores.md").write_text(markdown_table(table))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

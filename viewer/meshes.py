@@ -48,11 +48,10 @@ def surface_mesh(
     from skimage.measure import marching_cubes  # noqa: PLC0415 (only the viewer needs scikit-image)
 
     m = np.asarray(mask, bool)
-    if not m.any():
+    box = bounding_box(m)
+    if box is None:
         return empty_mesh()
-    lo = np.array([np.flatnonzero(m.any(axis=tuple(j for j in range(3) if j != i))).min() for i in range(3)])
-    hi = np.array([np.flatnonzero(m.any(axis=tuple(j for j in range(3) if j != i))).max() for i in range(3)]) + 1
-    lo, hi = np.maximum(lo - 2, 0), np.minimum(hi + 2, m.shape)
+    lo, hi = np.maximum(np.array(box[0]) - 2, 0), np.minimum(np.array(box[1]) + 2, m.shape)
     crop = m[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float32)
     crop = np.pad(crop, 1)  # closed surfaces where the class touches the volume's edge
     if smooth > 0:

@@ -57,9 +57,29 @@ def test_nifti_bytes_is_read_back_by_nibabel_and_simpleitk(tmp_path) -> None:
     np.testing.assert_allclose(s.GetSpacing(), (1.25, 1.5, 3.0), atol=1e-6)
     np.testing.assert_allclose(s.GetOrigin(), (10.0, -4.0, 2.5), atol=1e-5)
     raw = nifti_bytes(a, affine, compress=False)
-    assert raw[344:348] == b"n+1\0" and len(raw) == 352 + a.nbytes and gzip.compress(raw)
+    assert raw[344:348] == b"n+1\0" and len(raw) == 352 + a.nbytes
+    assert gzip.decompress(nifti_bytes(a, affine)) == raw
     with pytest.raises(ValueError, match="dtype"):
         nifti_bytes(a.astype(np.float64), affine)
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),  # identity (LPS): RAS flips x and y, a rotation by 180 degrees about z
+        (-1, 0, 0, 0, -1, 0, 0, 0, 1),  # already RAS: no rotation
+        (1, 0, 0, 0, -1, 0, 0, 0, -1),  # 180 degrees about x (in RAS: about y)
+        (0, 1, 0, 1, 0, 0, 0, 0, -1),  # 180 degrees about the x = y diagonal
+        (1, 0, 0, 0, 1, 0, 0, 0, -1),  # a reflection (z flipped): qfac -1
+        (0.36, 0.48, -0.8, -0.8, 0.6, 0.0, 0.48, 0.64, 0.6),  # oblique
+    ],
+)
+def test_qform_says_what_the_sform_says(direction, tmp_path) -> None:
+    """The quaternion of the qform (every branch of its decomposition, reflections in qfac) gives the affine back."""
+    affine = work_affine((2.5, 0.8, 0.7), (1.0, 2.0, 3.0), direction)
+    img = nib.load(_nifti(nifti_bytes(np.zeros((2, 3, 4), np.uint8), affine), tmp_path))
+    np.testing.assert_allclose(img.get_qform(), affine, atol=1e-5)
+    np.testing.assert_allclose(img.get_sform(), affine, atol=1e-5)
 
 
 def test_image_of_a_case_has_the_source_files_geometry_and_voxels(nnunet_study, tmp_path) -> None:

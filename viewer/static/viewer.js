@@ -9,7 +9,7 @@
   const RAS_AXIS = { sagittal: 0, coronal: 1, axial: 2 };
   const state = {
     study: null, key: null, meta: null, mode: "pred", buffers: {}, visible: [], opacity: [], boxes: true,
-    planes: {}, render: null, meshes: [], polling: null, syncing: false, loadId: 0,
+    planes: {}, render: null, meshes: [], syncing: false, loadId: 0,
   };
   window.viewer = state; // for tests and the console
 
@@ -428,7 +428,7 @@
   async function pollSegment(id) {
     const s = await getJSON("api/segment");
     segmentStatus(s);
-    if (s.state === "running") { state.polling = setTimeout(() => pollSegment(id), 400); return; }
+    if (s.state === "running") { setTimeout(() => pollSegment(id), 400); return; }
     if (s.state === "done" && s.id === id) {
       state.buffers = {};
       state.key = null;
